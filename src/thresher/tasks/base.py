@@ -1,0 +1,171 @@
+"""Tasks: what the selected data should make the model good at.
+
+A task bundles a dev split (the only split selection may look at), a test split
+(scored once, at the end), a prompt format, answer extraction and a metric.
+
+Selectors and searches receive a :class:`DevTask` (dev split, prompt format,
+extraction, metric; no test items). The test split is reachable only through
+:func:`thresher.oracle.Oracle.score_test`, which scores each final selection once and
+records that it did.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """One evaluation item: a question, its gold answer and a gold worked response."""
+
+    id: str
+    question: str
+    answer: str
+    target: str = ""
+    domain: str = "all"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalise_number(text: str | None) -> str | None:
+    """'1,234.00' -> '1234', '$5' -> '5', '-3.50' -> '-3.5'; None stays None."""
+    if text is None:
+        return None
+    t = text.strip().replace(",", "").replace("$", "").rstrip(".")
+    if not t:
+        return None
+    try:
+        v = float(t)
+    except ValueError:
+        return t
+    if v == int(v):
+        return str(int(v))
+    return repr(v).rstrip("0").rstrip(".")
+
+
+def extract_answer_is(text: str) -> str | None:
+    """Extract N from '... The answer is N.' (the last such phrase)."""
+    hits = re.findall(r"[Tt]he answer is\s*(" + _NUM + ")", text)
+    return normalise_number(hits[-1]) if hits else None
+
+
+def extract_gsm8k(text: str) -> str | None:
+    """GSM8K: strict '#### N' first, then 'The answer is N', then the last number (lm-eval's flexible match)."""
+    hits = re.findall(r"####\s*(" + _NUM + ")", text)
+    if hits:
+        return normalise_number(hits[-1])
+    got = extract_answer_is(text)
+    if got is not None:
+        return got
+    nums = re.findall(_NUM, text)
+    return normalise_number(nums[-1]) if nums else None
+
+
+def extract_last_number(text: str) -> str | None:
+    nums = re.findall(_NUM, text)
+    return normalise_number(nums[-1]) if nums else None
+
+
+def extract_exact(text: str) -> str | None:
+    t = text.strip()
+    return t or None
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "answer_is": extract_answer_is,
+    "gsm8k": extract_gsm8k,
+    "last_number": extract_last_number,
+    "exact": extract_exact,
+}
+
+
+@dataclass
+class PromptFormat:
+    """How a task item becomes chat messages for the model."""
+
+    system: str | None = None
+    user_template: str = "{question}"
+
+    def messages(self, item: TaskItem) -> list[dict[str, str]]:
+        msgs = []
+        if self.system:
+            msgs.append({"role": "system", "content": self.system})
+        msgs.append({"role": "user", "content": self.user_template.format(question=item.question)})
+        return msgs
+
+
+@dataclass
+class DevTask:
+    """What selection may see of a task: the dev split, the prompt format, extraction and metric."""
+
+    name: str
+    dev: list[TaskItem]
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    extractor: str = "answer_is"
+    max_new_tokens: int = 48
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({it.domain for it in self.dev})
+
+    def messages(self, item: TaskItem) -> list[dict[str, str]]:
+        return self.prompt.messages(item)
+
+    def extract(self, text: str) -> str | None:
+        return EXTRACTORS[self.extractor](text)
+
+    def is_correct(self, generated: str, item: TaskItem) -> bool:
+        """Exact match of the extracted answer against the gold answer (numbers normalised)."""
+        pred = self.extract(generated)
+        if pred is None:
+            return False
+        gold = normalise_number(item.answer) if self.extractor != "exact" else item.answer.strip()
+        return pred == gold
+
+    def demo_messages(self, item: TaskItem) -> list[dict[str, str]]:
+        """The item as a solved example (question + gold worked response)."""
+        return self.messages(item) + [{"role": "assistant", "content": item.target or item.answer}]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([self.name, self.extractor, self.prompt.system, self.prompt.user_template, self.max_new_tokens]).encode())
+        for it in self.dev:
+            h.update(json.dumps(it.to_dict(), sort_keys=True).encode())
+        return h.hexdigest()
+
+
+class Task(DevTask):
+    """A full task: a :class:`DevTask` plus a sealed test split."""
+
+    def __init__(self, name: str, dev: Sequence[TaskItem], test: Sequence[TaskItem], prompt: PromptFormat | None = None,
+                 extractor: str = "answer_is", max_new_tokens: int = 48, description: str = ""):
+        super().__init__(name=name, dev=list(dev), prompt=prompt or PromptFormat(), extractor=extractor, max_new_tokens=max_new_tokens)
+        if extractor not in EXTRACTORS:
+            raise ValueError(f"unknown extractor {extractor!r}; known: {sorted(EXTRACTORS)}")
+        self._test = list(test)
+        self.description = description
+        dev_q = {it.question for it in self.dev}
+        leaked = [it.id for it in self._test if it.question in dev_q]
+        if leaked:
+            raise ValueError(f"task {name!r}: {len(leaked)} test questions also appear in dev (e.g. {leaked[:3]})")
+
+    def dev_view(self) -> DevTask:
+        """The dev-only view handed to selectors and searches."""
+        return DevTask(name=self.name, dev=self.dev, prompt=self.prompt, extractor=self.extractor, max_new_tokens=self.max_new_tokens)
+
+    @property
+    def test_size(self) -> int:
+        return len(self._test)
+
+    def _sealed_test(self) -> list[TaskItem]:
+        # Only the oracle's final scoring calls this (see thresher.oracle.Oracle.score_test).
+        return self._test
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, dev={len(self.dev)}, test={len(self._test)}, domains={self.domains})"
