@@ -8,7 +8,8 @@ Every input format is normalised into one record::
 Supported inputs: JSONL, JSON (a list, or ``{"data": [...]}``), Parquet, and Hugging
 Face ``datasets`` (a local ``save_to_disk`` directory or a hub name). Each row may be
 Alpaca (``instruction``/``input``/``output``), ShareGPT (``conversations`` with
-``from``/``value``) or OpenAI chat (``messages`` with ``role``/``content``).
+``from``/``value``), OpenAI chat (``messages`` with ``role``/``content``) or a
+question/answer pair (``question``/``answer``, e.g. GSM8K; format ``"qa"``).
 
 Bad input raises :class:`PoolFormatError` naming the file, the line (or row) and the
 field. With ``on_error="skip"`` the rejected rows are written to a rejects file and
@@ -72,6 +73,8 @@ class LoadReport:
     rows_kept: int = 0
     rejects: list[Reject] = field(default_factory=list)
     rejects_path: str | None = None
+    #: rows dropped as repeats of an earlier id (only with ``dedupe_ids=True``)
+    duplicates_dropped: int = 0
 
     @property
     def rows_rejected(self) -> int:
@@ -122,6 +125,17 @@ def _from_alpaca(row: dict, path, line) -> list[dict[str, str]]:
     return msgs
 
 
+def _from_qa(row: dict, path, line) -> list[dict[str, str]]:
+    question = _require_str(row, "question", path, line, allow_empty=False)
+    answer = _require_str(row, "answer", path, line, allow_empty=False)
+    msgs = []
+    system = row.get("system")
+    if isinstance(system, str) and system.strip():
+        msgs.append({"role": "system", "content": system})
+    msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return msgs
+
+
 def _turns(row: dict, key: str, role_key: str, content_key: str, role_map: dict | None, path, line):
     turns = row[key]
     if not isinstance(turns, list):
@@ -153,7 +167,9 @@ _KNOWN_KEYS = {
     "alpaca": {"instruction", "input", "output", "system"},
     "sharegpt": {"conversations"},
     "messages": {"messages"},
+    "qa": {"question", "answer", "system"},
 }
+FORMATS = tuple(_KNOWN_KEYS)
 
 
 def detect_format(row: dict) -> str | None:
@@ -163,19 +179,21 @@ def detect_format(row: dict) -> str | None:
         return "sharegpt"
     if "instruction" in row or "output" in row:
         return "alpaca"
+    if "question" in row or "answer" in row:
+        return "qa"
     return None
 
 
 def normalise_row(row: Any, *, path=None, line=None, default_source: str = "", fmt: str | None = None) -> dict:
-    """Turn one raw row (Alpaca, ShareGPT or OpenAI messages) into a pool record."""
+    """Turn one raw row (Alpaca, ShareGPT, OpenAI messages or question/answer) into a pool record."""
     if not isinstance(row, dict):
         raise PoolFormatError(path, line, None, f"expected a JSON object per example, got {type(row).__name__}")
     fmt = fmt or detect_format(row)
     if fmt is None:
         raise PoolFormatError(
             path, line, None,
-            "cannot tell the format: expected 'messages' (OpenAI), 'conversations' (ShareGPT) "
-            f"or 'instruction'/'output' (Alpaca); found keys {sorted(row)[:8]}",
+            "cannot tell the format: expected 'messages' (OpenAI), 'conversations' (ShareGPT), "
+            f"'instruction'/'output' (Alpaca) or 'question'/'answer' (qa); found keys {sorted(row)[:8]}",
         )
     if fmt == "alpaca":
         msgs = _from_alpaca(row, path, line)
@@ -186,8 +204,11 @@ def normalise_row(row: Any, *, path=None, line=None, default_source: str = "", f
     elif fmt == "messages":
         msgs = _turns(row, "messages", "role", "content", None, path, line)
         conv_field = "messages"
+    elif fmt == "qa":
+        msgs = _from_qa(row, path, line)
+        conv_field = "answer"
     else:
-        raise ValueError(f"unknown pool format {fmt!r}")
+        raise ValueError(f"unknown pool format {fmt!r}; known: {list(FORMATS)}")
     _check_conversation(msgs, conv_field, path, line)
 
     rid = row.get("id")
@@ -216,6 +237,8 @@ def normalise_row(row: Any, *, path=None, line=None, default_source: str = "", f
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str, Exception | None]]:
     with open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors)
+                raw = raw[3:]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -231,6 +254,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str, Exception | None]]:
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any, str, Exception | None]]:
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+        data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -381,17 +406,26 @@ class Pool:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the pool as Parquet (or JSONL when the path ends in .jsonl), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        if path.suffix == ".jsonl":
-            write_jsonl(tmp, self._records)
-        else:
-            import pyarrow.parquet as pq
+        """Write the pool as Parquet (``.parquet``/``.pq``) or JSONL (``.jsonl``), atomically.
 
+        Any other suffix is refused: :func:`load_pool` picks the reader by suffix, so a
+        Parquet file named ``.json`` (or with no suffix) could not be read back.
+        """
+        path = Path(path)
+        if path.suffix not in (".parquet", ".pq", ".jsonl"):
+            raise ValueError(f"Pool.save: {path} must end in .parquet, .pq or .jsonl (got {path.suffix or 'no suffix'!r})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".jsonl":
+            return write_jsonl(path, self._records)
+        import pyarrow.parquet as pq
+
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        try:
             pq.write_table(self.to_arrow(), tmp)
-        os.replace(tmp, path)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -466,6 +500,7 @@ def load_pool(
             rec = normalise_row(row, path=path, line=line, default_source=default_source, fmt=fmt)
             if rec["id"] in seen:
                 if dedupe_ids:
+                    report.duplicates_dropped += 1
                     continue
                 raise PoolFormatError(path, line, "id", f"duplicate id {rec['id']!r} (first seen at line {seen[rec['id']]})")
             seen[rec["id"]] = line
@@ -494,13 +529,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str))
-            f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False, default=str))
+                f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -26,10 +26,10 @@ class TrainConfig:
     number of passes over the subset (papers' convention; cost then scales with size)."""
 
     mode: Literal["scratch", "lora", "full"] = "scratch"
-    steps: int | None = 400
+    steps: int | None = 500
     epochs: float | None = None
     batch_size: int = 32
-    lr: float = 4e-3
+    lr: float = 8e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1
@@ -55,8 +55,8 @@ class TrainConfig:
 
     @classmethod
     def for_tier(cls, tier: str, **overrides) -> "TrainConfig":
-        if tier == "micro":
-            base = dict(mode="scratch", steps=400, batch_size=32, lr=4e-3)
+        if tier.startswith("micro"):
+            base = dict(mode="scratch", steps=500, batch_size=32, lr=8e-3)
         else:
             base = dict(mode="lora", steps=60, batch_size=8, lr=5e-4, max_length=384)
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -105,7 +105,8 @@ def attach_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lcfg)
 
 
-def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", show_progress: bool = True) -> TrainResult:
+def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", show_progress: bool = True,
+             callback=None, callback_every: int = 50) -> TrainResult:
     """Train ``model`` in place on ``records`` (pool records with ``messages``)."""
     import torch
 
@@ -161,6 +162,10 @@ def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", s
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{ema:.3f}")
+            if callback is not None and (step + 1) % callback_every == 0:
+                model.eval()
+                callback(step + 1, model)
+                model.train()
     model.eval()
     return TrainResult(steps=steps, examples_seen=seen, tokens_seen=tokens, answer_tokens_seen=ans_tokens,
                        seconds=time.perf_counter() - t0, final_loss=float(ema), loss_curve=curve[:: max(1, steps // 100)])

@@ -23,7 +23,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SMALL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TIERS = ("micro", "small")
+TIERS = ("micro", "micro-1m", "small")
+
+
+def is_micro(spec: str) -> bool:
+    """True for the from-scratch micro presets (micro, micro-1m)."""
+    return spec in ("micro", "micro-1m")
+
+
+def tier_of(spec: str) -> str:
+    """'micro' for the from-scratch presets (trained from scratch), else 'small' (LoRA on a pretrained model)."""
+    return "micro" if is_micro(spec) else "small"
 
 
 def cache_root() -> Path:
@@ -125,7 +135,7 @@ def model_identity(spec: str) -> str:
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    if spec == "micro":
+    if is_micro(spec):
         from .micro import build_char_tokenizer
 
         return build_char_tokenizer()
@@ -143,12 +153,12 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "micro":
-        from .micro import build_char_tokenizer, build_micro_model
+    if is_micro(spec):
+        from .micro import MICRO_PRESETS, build_char_tokenizer, build_micro_model
 
         tok = build_char_tokenizer()
-        model = build_micro_model(tok, seed=seed).to(device)
-        return LoadedModel(model, tok, spec, "micro-init")
+        model = build_micro_model(tok, MICRO_PRESETS[spec], seed=seed).to(device)
+        return LoadedModel(model, tok, spec, f"{spec}-init")
     if dtype is None:
         if device.startswith("cuda"):
             torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..pool import Pool, content_hash, read_jsonl, write_jsonl
+from ..pool import Pool, read_jsonl, write_jsonl
 from .base import PromptFormat, Task, TaskItem
 
 NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lu"]
@@ -111,13 +111,19 @@ def _make_problem(rng: random.Random, skill: str, steps: int, mx: int) -> Proble
 
 
 def _rephrase(q: str, rng: random.Random) -> str:
-    """A near-duplicate: same problem, a trivially different surface form."""
-    choice = rng.randrange(3)
-    if choice == 0:
-        return q.replace(" now?", " are there now?")
-    if choice == 1:
-        return q.replace(", ", ",  ", 1)
-    return q.replace("How many", "So how many")
+    """A near-duplicate: same problem, a trivially different surface form (never identical)."""
+    options = [
+        q.replace(" now?", " are there now?"),
+        q.replace(", ", ",  ", 1),
+        q.replace("How many", "So how many"),
+        q + " ",
+    ]
+    start = rng.randrange(3)
+    for k in range(len(options)):
+        cand = options[(start + k) % len(options)]
+        if cand != q:
+            return cand
+    raise AssertionError("unreachable: the last option always differs")
 
 
 def _item(prob: Problem, pid: str) -> TaskItem:

@@ -1,0 +1,223 @@
+"""The ``thresher`` command line. Every command is also a function in :mod:`thresher.api`."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="thresher: pick the SFT examples worth training on (THTB, TMAP, AutoSelection, HARP and baselines).")
+console = Console()
+err = Console(stderr=True)
+
+
+def _parse_params(items: list[str] | None, config: Path | None = None) -> dict:
+    """--param k=v (values parsed as JSON when they look like it) merged over a YAML --config."""
+    import yaml
+
+    out: dict = {}
+    if config:
+        try:
+            data = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"{config}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise typer.BadParameter(f"{config}: expected a mapping of parameters")
+        out.update(data.get("params", data))
+    for it in items or []:
+        if "=" not in it:
+            raise typer.BadParameter(f"--param {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _fail(msg: str, code: int = 2):
+    err.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def load(
+    pool: str = typer.Argument(..., help="JSONL, JSON, Parquet, a datasets directory, or hf:NAME"),
+    out: Optional[Path] = typer.Option(None, help="write the normalised pool here (.parquet or .jsonl)"),
+    on_error: str = typer.Option("raise", help="raise: stop at the first bad row; skip: write rejects to a file and go on"),
+    rejects: Optional[Path] = typer.Option(None, help="where skipped rows go (default: POOL.rejects.jsonl)"),
+    split: Optional[str] = typer.Option(None, help="split of a Hugging Face dataset"),
+):
+    """Load a pool, normalise it (Alpaca / ShareGPT / OpenAI messages), report what was kept."""
+    from .api import load as _load
+    from .pool import PoolFormatError
+
+    try:
+        p, report = _load(pool, out=out, on_error=on_error, rejects=rejects, split=split)
+    except (PoolFormatError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"{report.rows_read} rows read, {report.rows_kept} kept, {report.rows_rejected} rejected")
+    if report.rejects_path:
+        console.print(f"rejects written to {report.rejects_path}")
+    console.print(f"fingerprint {p.fingerprint}")
+    if out:
+        console.print(f"normalised pool written to {out}")
+
+
+@app.command()
+def signals():
+    """List the signals (and their columns and params) that `score` can compute."""
+    from .signals.base import list_signals
+
+    for s in list_signals():
+        console.print(f"[bold]{s['name']}[/bold] ({s.get('family', '')}, {s.get('scope', '')}): {s['description']}")
+        console.print(f"    columns: {', '.join(s['columns'])}")
+        for k, v in (s.get("params") or {}).items():
+            console.print(f"    --param {k}=... (default {v['default']!r}) {v.get('description', '')}")
+
+
+@app.command()
+def score(
+    pool: str = typer.Argument(..., help="the pool file"),
+    signals: str = typer.Option(..., "--signals", "-s", help="comma-separated signal or column names (see `thresher signals`)"),
+    store: Optional[Path] = typer.Option(None, help="signal store directory (default .thresher/store or $THRESHER_STORE)"),
+    model: Optional[str] = typer.Option(None, help="model for model-based signals and tokenizers (micro, small, hub id, path)"),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="signal param KEY=VALUE (repeatable)"),
+    engine: str = typer.Option("local", help="local or ray"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)"),
+    shard_size: Optional[int] = typer.Option(None, help="rows per shard (resume granularity)"),
+    on_error: str = typer.Option("raise", help="pool loading: raise or skip"),
+):
+    """Compute signals over a pool into the store (resumable: finished shards are kept)."""
+    from .api import score as _score
+
+    params = _parse_params(param)
+    if model:
+        params["model"] = model
+    try:
+        runs = _score(pool, [s.strip() for s in signals.split(",") if s.strip()], store, engine=engine, params=params,
+                      shard_size=shard_size, ray_address=address)
+    except (KeyError, ValueError) as e:
+        _fail(str(e))
+    for r in runs:
+        state = "cached" if r.computed_shards == 0 and r.skipped_shards == 0 else f"{r.computed_shards} shards computed, {r.skipped_shards} resumed"
+        console.print(f"{r.signal}: {r.rows} rows, {state}, {r.seconds:.1f}s -> {r.key.dirname()}")
+
+
+@app.command()
+def select(
+    pool: str = typer.Argument(..., help="the pool file"),
+    method: str = typer.Option(..., help="selection method (see `thresher methods`)"),
+    budget: str = typer.Option(..., help="a fraction (0.3), a percentage (30%) or a count (1500)"),
+    out: Path = typer.Option(..., help="FILE.jsonl for the selected records; FILE.meta.json is written beside it"),
+    store: Optional[Path] = typer.Option(None, help="signal store directory"),
+    seed: int = typer.Option(0, help="seed for every random choice"),
+    task: Optional[str] = typer.Option(None, help="target task (arith, gsm8k or a task YAML): its dev split only"),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="method param KEY=VALUE (repeatable)"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of method params"),
+    compute_missing: bool = typer.Option(False, help="score the signals the method needs first (a separate step)"),
+):
+    """Select a subset with one method and write it with its metadata."""
+    from .api import select as _select
+
+    params = _parse_params(param, config)
+    try:
+        sel = _select(pool, method, budget, store=store, seed=seed, task=task, out=out, compute_missing=compute_missing, **params)
+    except (KeyError, ValueError) as e:
+        _fail(str(e).strip('"'))
+    console.print(f"{sel.method}: {len(sel)} of {sel.pool_size} selected (budget {sel.budget}, seed {sel.seed}) -> {out}")
+    if sel.diagnostics:
+        console.print(f"diagnostics: {json.dumps(sel.diagnostics, default=str)[:400]}")
+
+
+@app.command()
+def methods():
+    """List the selection methods and their params."""
+    from .select.base import list_selectors
+
+    for s in list_selectors():
+        console.print(f"[bold]{s['name']}[/bold]: {s['description']}")
+        if s["params"]:
+            console.print(f"    params: {', '.join(s['params'])}")
+
+
+@app.command()
+def train(
+    data: str = typer.Argument(..., help="training records (a selection JSONL or any pool file)"),
+    out: Path = typer.Option(..., help="directory for the fine-tuned model"),
+    model: str = typer.Option("micro", help="base model: micro (from scratch), small (SmolLM2 + LoRA), a hub id or a path"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps (default: 400 micro, 60 small)"),
+    epochs: Optional[float] = typer.Option(None, help="train for this many passes instead of a step count"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    batch_size: Optional[int] = typer.Option(None, help="batch size"),
+    seed: int = typer.Option(0, help="seed"),
+):
+    """Fine-tune a model on a subset (micro: from scratch; small/HF: LoRA) and save it."""
+    from .api import train as _train
+
+    _, res = _train(data, model=model, out=out, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    console.print(f"trained {res.steps} steps on {res.examples_seen} examples ({res.tokens_seen} tokens) in {res.seconds:.0f}s, "
+                  f"final loss {res.final_loss:.3f} -> {out}")
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="a model directory (from `thresher train`) or a model spec"),
+    task: str = typer.Option("arith", help="arith, gsm8k or a task YAML"),
+    split: str = typer.Option("dev", help="dev, or test (score a final model once)"),
+    limit: Optional[int] = typer.Option(None, help="score only the first N items"),
+    batch_size: int = typer.Option(64),
+):
+    """Score a model on a task split by greedy generation + answer extraction."""
+    from .api import evaluate
+
+    res = evaluate(model, task, split=split, batch_size=batch_size, limit=limit)
+    console.print(f"{task} {split}: accuracy {res.accuracy:.4f} on {res.n} items; per domain "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in res.per_domain.items()))
+
+
+@app.command("make-arith")
+def make_arith(
+    out: Path = typer.Option(..., help="directory for pool.jsonl and defects.jsonl"),
+    pool_size: int = typer.Option(2000),
+    seed: int = typer.Option(0),
+    wrong_answer: Optional[float] = typer.Option(None, help="fraction of wrong answers (default 0.2)"),
+):
+    """Generate the arith testbed pool and its hidden defect labels (a side file no selector reads)."""
+    from .tasks.arith import ArithConfig, ArithTestbed
+
+    kw = {"pool_size": pool_size, "seed": seed}
+    if wrong_answer is not None:
+        kw["wrong_answer"] = wrong_answer
+    pool, task, labels = ArithTestbed(ArithConfig(**kw)).build(out)
+    console.print(f"{len(pool)} examples -> {out / 'pool.jsonl'}; labels -> {out / 'defects.jsonl'}; task {task}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="output directory"),
+    quick: bool = typer.Option(False, help="one seed, fewer methods, shorter training (under 3 minutes)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1; quick: 0)"),
+    workers: int = typer.Option(1, help="parallel fine-tuning processes"),
+    steps: Optional[int] = typer.Option(None, help="fine-tuning steps per run"),
+):
+    """Select 30% of the arith pool with each method, fine-tune, score, and print the table."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.make(out, quick=quick, seeds=[int(s) for s in seeds.split(",")] if seeds else None, workers=workers, steps=steps)
+    run_demo(cfg, console)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,204 @@
+"""The demo (the main job): select 30% of the ``arith`` pool with each method, fine-tune the
+micro model on each subset, score dev and (once) test, and print the comparison.
+
+Rows ``full`` (all data) and ``clean-only`` (the hidden labels: an upper reference,
+never a selector) frame the selectors. Every selector row is paired with ``random`` at
+the same budget and seed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engine import run_signal
+from .ledger import CostLedger
+from .oracle import Oracle
+from .select.base import Budget, SignalView, make_selector
+from .signals.base import make_signal
+from .store import SignalStore
+from .tasks.arith import ArithConfig, ArithTestbed, defect_counts
+from .train import TrainConfig
+
+ROW_KEYS = ("method", "budget", "seed", "n_selected", "dev_acc", "test_acc", "oracle_runs", "wall_s", "reference", "params", "defects")
+
+
+@dataclass
+class DemoConfig:
+    out: Path
+    quick: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    budget: float = 0.3
+    pool_size: int = 2000
+    steps: int = 400
+    scorer_warmup: int = 300
+    workers: int = 1
+
+    def methods(self) -> list[tuple[str, str, dict]]:
+        """(label, selector name, params). Signal-based selectors use the micro scorer."""
+        if self.quick:
+            return [("random", "random", {}), ("ifd", "ifd", {}), ("topk-loss-low", "topk", {"signal": "loss", "direction": "low"})]
+        return [
+            ("random", "random", {}),
+            ("ifd", "ifd", {}),
+            ("topk-loss-low", "topk", {"signal": "loss", "direction": "low"}),
+            ("topk-loss-high", "topk", {"signal": "loss", "direction": "high"}),
+            ("topk-answer-len", "topk", {"signal": "tokens_answer", "direction": "high"}),
+        ]
+
+    @classmethod
+    def make(cls, out, quick: bool = False, seeds: list[int] | None = None, workers: int | None = None, **kw) -> "DemoConfig":
+        if quick:
+            base = dict(seeds=[0], scorer_warmup=200, pool_size=1500)
+        else:
+            base = {}
+        base.update({k: v for k, v in kw.items() if v is not None})
+        if seeds:
+            base["seeds"] = seeds
+        if workers is None:
+            workers = 1
+        return cls(out=Path(out), quick=quick, workers=workers, **base)
+
+
+def _scorer_params(cfg: DemoConfig) -> dict:
+    return {"scorer": "micro", "scorer_warmup": cfg.scorer_warmup}
+
+
+def run_demo(cfg: DemoConfig, console=None) -> list[dict]:
+    from rich.console import Console
+
+    console = console or Console(stderr=False)
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    console.print(f"[bold]thresher demo[/bold]: arith pool of {cfg.pool_size}, budget {cfg.budget:g}, seeds {cfg.seeds}, "
+                  f"micro model, {cfg.steps} steps per fine-tune -> {out}")
+
+    # 1. pool, task, hidden labels
+    testbed = ArithTestbed(ArithConfig(pool_size=cfg.pool_size))
+    pool, task, labels = testbed.build(out / "data")
+    console.print(f"pool: {len(pool)} examples ({out / 'data' / 'pool.jsonl'}), hidden labels in {out / 'data' / 'defects.jsonl'}; "
+                  f"task: dev {len(task.dev)}, test {task.test_size} (sealed)")
+
+    # 2. signals
+    store = SignalStore(out / "store")
+    lm_sig = make_signal("lm", model="micro", warmup_examples=cfg.scorer_warmup)
+    t0 = time.perf_counter()
+    for sig in (make_signal("text", model="micro"), lm_sig):
+        run_signal(sig, pool, store)
+    signal_seconds = time.perf_counter() - t0
+    console.print(f"signals: text, lm (micro scorer warmed on {cfg.scorer_warmup} random pool examples) in {signal_seconds:.0f}s")
+
+    # 3. selections (dev-only view of the task)
+    view = SignalView(pool, store)
+    budget = Budget.parse(cfg.budget)
+    ledger = CostLedger(out / "ledger.jsonl")
+    train_cfg = TrainConfig.for_tier("micro", steps=cfg.steps)
+    plans = []  # (label, selector, params, seed, ids, select_seconds, reference)
+    sel_dir = out / "selections"
+    for seed in cfg.seeds:
+        for label, method, params in cfg.methods():
+            p = dict(params)
+            if method in ("ifd", "topk"):
+                p.update(_scorer_params(cfg))
+            sel = make_selector(method, **p).select(pool, view, budget, task=task.dev_view(), seed=seed)
+            sel.save(sel_dir / f"{label}-s{seed}.jsonl", pool)
+            plans.append((label, method, params, seed, sel.ids, sel.seconds, False))
+        plans.append(("full", "full", {}, seed, pool.ids, 0.0, False))
+        clean = [i for i in pool.ids if labels[i] == "clean"]
+        plans.append(("clean-only (reference)", "labels", {}, seed, clean, 0.0, True))
+
+    # 4. fine-tune + dev (seed = training seed, paired across methods)
+    rows = []
+    by_seed: dict[int, list] = {}
+    for pl in plans:
+        by_seed.setdefault(pl[3], []).append(pl)
+    for seed, pls in by_seed.items():
+        oracle = Oracle(task, pool, model="micro", train=TrainConfig(**{**train_cfg.__dict__, "seed": seed}),
+                        cache_dir=out / "oracle", ledger=ledger, workers=cfg.workers)
+        console.print(f"seed {seed}: fine-tuning {len(pls)} subsets ({cfg.workers} worker(s))")
+        scores = oracle.score_many([pl[4] for pl in pls], labels=[f"{pl[0]} s{seed}" for pl in pls])
+        for pl, sc in zip(pls, scores):
+            test = oracle.score_test(pl[4], label=f"{pl[0]} s{seed}")
+            rows.append({
+                "method": pl[0], "budget": "1" if pl[1] == "full" else str(budget), "seed": seed, "n_selected": len(pl[4]),
+                "dev_acc": round(sc.value, 4), "test_acc": round(test.value, 4), "oracle_runs": 1,
+                "wall_s": round(pl[5] + sc.seconds + test.seconds, 1), "reference": pl[6], "params": pl[2],
+                "defects": defect_counts(pl[4], labels),
+            })
+    total = time.perf_counter() - t_start
+    write_results(out, rows, total, cfg, ledger)
+    print_table(rows, console)
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.png'}; total {total / 60:.1f} min")
+    return rows
+
+
+def paired_vs_random(rows: list[dict]) -> dict[str, dict]:
+    """Per method: mean test-acc difference to random on the same seeds, and the per-seed differences."""
+    rand = {r["seed"]: r["test_acc"] for r in rows if r["method"] == "random"}
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["method"] == "random" or r["seed"] not in rand:
+            continue
+        d = out.setdefault(r["method"], {"diffs": []})
+        d["diffs"].append(round(r["test_acc"] - rand[r["seed"]], 4))
+    for d in out.values():
+        d["mean_diff"] = round(float(np.mean(d["diffs"])), 4)
+        d["wins"] = sum(x > 0 for x in d["diffs"])
+    return out
+
+
+def print_table(rows: list[dict], console) -> None:
+    from rich.table import Table
+
+    t = Table(title="arith, micro model: 30% selections vs random (same seed)")
+    for c in ("method", "budget", "seed", "n", "dev acc", "test acc", "oracle runs", "wall s", "wrong/trunc/fmt/dup/offtask/trivial kept"):
+        t.add_column(c, justify="right" if c not in ("method",) else "left")
+    for r in rows:
+        d = r["defects"]
+        kept = f"{d['wrong_answer']}/{d['truncated']}/{d['off_format']}/{d['exact_dup'] + d['near_dup']}/{d['off_task']}/{d['trivial']}"
+        name = r["method"] + (" *" if r["reference"] else "")
+        t.add_row(name, r["budget"], str(r["seed"]), str(r["n_selected"]), f"{r['dev_acc']:.3f}", f"{r['test_acc']:.3f}",
+                  str(r["oracle_runs"]), f"{r['wall_s']:.0f}", kept)
+    console.print(t)
+    console.print("* reference row built from the hidden defect labels (an upper bound, not a selector)")
+    for m, d in paired_vs_random(rows).items():
+        console.print(f"  {m}: test acc minus random, per seed {d['diffs']}, mean {d['mean_diff']:+.3f}")
+
+
+def write_results(out: Path, rows: list[dict], total_seconds: float, cfg: DemoConfig, ledger: CostLedger) -> None:
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, out / "results.json")
+    summary = {"total_seconds": round(total_seconds, 1), "seeds": cfg.seeds, "budget": cfg.budget, "steps": cfg.steps,
+               "pool_size": cfg.pool_size, "ledger": ledger.summary(), "paired_vs_random": paired_vs_random(rows)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_results(rows, out / "results.png")
+
+
+def plot_results(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(methods)), 4))
+    for i, m in enumerate(methods):
+        vals = [r["test_acc"] for r in rows if r["method"] == m]
+        ref = any(r["reference"] for r in rows if r["method"] == m)
+        ax.bar(i, np.mean(vals), color="#bbbbbb" if ref else ("#888888" if m in ("random", "full") else "#4477aa"),
+               hatch="//" if ref else None, edgecolor="black")
+        ax.scatter([i] * len(vals), vals, color="black", zorder=3, s=12)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods, rotation=25, ha="right")
+    ax.set_ylabel("test accuracy (exact match)")
+    ax.set_ylim(0, 1)
+    ax.set_title("arith, micro model: fine-tuned on each selection (bars: mean, dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,257 @@
+"""Model signals from one batched forward pass per example and condition.
+
+For every example, two sequences go through the scorer model:
+
+- *conditioned*: the whole conversation in the model's chat template; answer tokens are
+  every assistant turn (mask from :mod:`thresher.chat`);
+- *answer alone*: the assistant text by itself (Cherry's unconditioned pass).
+
+From those two passes come all the columns: ``loss`` (mean cross-entropy of the answer
+tokens given the instruction), ``ppl`` = exp(loss), ``loss_alone``, ``ppl_alone``,
+``ifd`` (Cherry: loss / loss_alone), ``ifd_ppl_ratio`` (the perplexity-ratio variant,
+ppl / ppl_alone = exp(loss - loss_alone), offered for AutoSelection), ``entropy`` and
+``varentropy`` of the next-token distribution averaged over answer positions
+(``H = -sum p log p``, ``V = sum p (log p + H)^2``), and ``answer_tokens``.
+
+Sequences from both conditions are sorted by length and packed into dynamic batches
+under a token budget (padding counted), so the work is a few large forward passes, not
+one per example. The LM head is applied only at answer positions when the model
+exposes its decoder and output embeddings (a standard HF causal LM); otherwise the full
+logits are used. fp32 on CPU; bf16/fp16 on GPU. Examples whose answer is cut away by
+``max_length`` get NaN (counted, never guessed).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..chat import encode_answer_alone, encode_conversation
+from ..models.load import is_micro, tier_of
+from .base import Signal, SignalParams, register_signal
+
+LM_COLUMNS = ("loss", "ppl", "loss_alone", "ppl_alone", "ifd", "ifd_ppl_ratio", "entropy", "varentropy", "answer_tokens")
+
+
+class LMParams(SignalParams):
+    model: str = Field("micro", description="scorer model: micro, small, a hub id, a path or a .gguf file")
+    warmup_examples: int | None = Field(None, ge=0, description="brief pre-experience (Cherry): fine-tune the scorer on this many random pool examples first; default 300 for micro, 0 otherwise")
+    warmup_steps: int = Field(250, ge=1, description="steps of that warm-up")
+    warmup_seed: int = 0
+    max_length: int = Field(512, ge=8)
+    token_budget: int = Field(8192, ge=64, description="max padded tokens per forward batch")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+
+
+def effective_warmup(params: LMParams) -> int:
+    if params.warmup_examples is not None:
+        return params.warmup_examples
+    return 300 if is_micro(params.model) else 0
+
+
+def scorer_model_id(params: LMParams, pool_fingerprint: str | None) -> str:
+    from ..models.load import model_identity
+
+    base = model_identity(params.model)
+    n = effective_warmup(params)
+    if n:
+        return f"{base}+warm{n}x{params.warmup_steps}s{params.warmup_seed}@{(pool_fingerprint or '')[:12]}"
+    return base
+
+
+def prepare_scorer(params: LMParams, pool, device: str | None = None):
+    """Load the scorer; for a warm-up, train it once on a random pool slice and cache it."""
+    from ..models.load import LoadedModel, cache_root, load_model, save_model
+    from ..train import TrainConfig, finetune
+
+    n = effective_warmup(params)
+    if is_micro(params.model) and n == 0:
+        raise ValueError("an untrained micro model scores nothing: set warmup_examples > 0 for the micro scorer")
+    dtype = None if params.dtype == "auto" else params.dtype
+    if n == 0:
+        return load_model(params.model, dtype=dtype, device=device)
+    if pool is None:
+        raise ValueError("a warmed-up scorer needs the pool it warms up on")
+    mid = scorer_model_id(params, pool.fingerprint)
+    cdir = cache_root() / "scorers" / hashlib.sha256(mid.encode()).hexdigest()[:20]
+    if (cdir / "config.json").exists():
+        lm = load_model(str(cdir), dtype=dtype, device=device)
+        lm.model_id = mid
+        return lm
+    lm = load_model(params.model, dtype=dtype, device=device, seed=params.warmup_seed)
+    rng = random.Random(f"warmup-{params.warmup_seed}")
+    idx = sorted(rng.sample(range(len(pool)), min(n, len(pool))))
+    recs = [pool[i] for i in idx]
+    tier = tier_of(params.model)
+    cfg = TrainConfig.for_tier(tier, steps=params.warmup_steps, seed=params.warmup_seed)
+    model = lm.model
+    if cfg.mode == "lora":
+        from ..train import attach_lora
+
+        model = attach_lora(model, cfg)
+    finetune(model, lm.tokenizer, recs, cfg, desc="scorer warm-up")
+    if cfg.mode == "lora":
+        model = model.merge_and_unload()
+    out = LoadedModel(model, lm.tokenizer, params.model, mid)
+    save_model(out, cdir)
+    return out
+
+
+def _head_parts(model):
+    """(decoder, head) when the LM head can be applied to selected positions only."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    try:
+        dec = model.get_decoder()
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if dec is None or head is None or dec is model:
+        return None
+    return dec, head
+
+
+def token_stats(logits, targets):
+    """Per-position CE, entropy and varentropy from [N, V] logits and [N] targets (float64 out)."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    ce = -logp.gather(-1, targets[:, None]).squeeze(-1)
+    ent = -(p * logp).sum(-1)
+    var = (p * (logp + ent[:, None]) ** 2).sum(-1)
+    return ce.double(), ent.double(), var.double()
+
+
+def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id: int, token_budget: int):
+    """For each (ids, answer_mask): (sum CE, sum entropy, sum varentropy, n answer targets).
+
+    Length-sorted dynamic batches; the target at position t+1 counts when its mask is set.
+    """
+    import torch
+
+    n = len(seqs)
+    sums = np.zeros((n, 3), dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    order = sorted(range(n), key=lambda i: len(seqs[i][0]))
+    parts = _head_parts(model)
+    device = next(model.parameters()).device
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        L = len(seqs[i][0])
+        if cur and max(cur_max, L) * (len(cur) + 1) > token_budget:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, L)
+    if cur:
+        batches.append(cur)
+    with torch.inference_mode():
+        for b in batches:
+            T = max(len(seqs[i][0]) for i in b)
+            ids = torch.full((len(b), T), pad_id, dtype=torch.long)
+            att = torch.zeros((len(b), T), dtype=torch.long)
+            tmask = torch.zeros((len(b), T), dtype=torch.bool)  # position t predicts a masked token t+1
+            for r, i in enumerate(b):
+                s, m = seqs[i]
+                ids[r, : len(s)] = torch.tensor(s)
+                att[r, : len(s)] = 1
+                if len(s) > 1:
+                    tmask[r, : len(s) - 1] = torch.tensor(m[1:], dtype=torch.bool)
+            ids, att, tmask = ids.to(device), att.to(device), tmask.to(device)
+            targets = torch.roll(ids, shifts=-1, dims=1)[tmask]
+            if parts is not None:
+                dec, head = parts
+                hidden = dec(input_ids=ids, attention_mask=att).last_hidden_state
+                logits = head(hidden[tmask])
+            else:
+                logits = model(input_ids=ids, attention_mask=att).logits[tmask]
+            if logits.shape[0]:
+                ce, ent, var = token_stats(logits, targets)
+                row = tmask.nonzero()[:, 0].cpu().numpy()
+                vals = torch.stack([ce, ent, var], dim=1).cpu().numpy()
+                idx = np.asarray(b)[row]
+                np.add.at(sums, idx, vals)
+                np.add.at(counts, idx, 1)
+    return sums, counts
+
+
+@register_signal
+class LMSignal(Signal):
+    name = "lm"
+    version = 1
+    family = "model"
+    columns = LM_COLUMNS
+    Params = LMParams
+    heavy = True
+    default_shard_size = 512
+    description = "answer loss, perplexity, IFD (Cherry) and its perplexity-ratio variant, token entropy and varentropy, from two batched forward passes per example"
+
+    def key(self, pool):
+        from ..store import SignalKey
+
+        return SignalKey(pool.fingerprint, self.name, self.version, self.key_params(), scorer_model_id(self.params, pool.fingerprint))
+
+    def key_params(self) -> dict:
+        d = self.params.model_dump(mode="json")
+        d["warmup_examples"] = effective_warmup(self.params)
+        d.pop("token_budget")  # batching does not change values beyond float noise
+        d.pop("backend")
+        return d
+
+    def model_id(self) -> str | None:
+        return scorer_model_id(self.params, None)
+
+    def bind_pool(self, pool) -> "LMSignal":
+        """Warm-up scorers train on the pool: bind it before setup (the engine does)."""
+        self._pool = pool
+        return self
+
+    def setup(self) -> None:
+        pool = getattr(self, "_pool", None)
+        self.loaded = prepare_scorer(self.params, pool)
+        self.tokenizer = self.loaded.tokenizer
+        self.model = self.loaded.model
+        self.model.eval()
+        self.vllm = None
+
+    def encode(self, records: list[dict]):
+        cond, alone = [], []
+        for r in records:
+            c = encode_conversation(self.tokenizer, r["messages"], max_length=self.params.max_length)
+            a = encode_answer_alone(self.tokenizer, r["messages"], max_length=self.params.max_length)
+            cond.append((c.input_ids, c.answer_mask))
+            alone.append((a.input_ids, a.answer_mask))
+        return cond, alone
+
+    def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
+        cond, alone = self.encode(records)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if self.vllm is not None:
+            sums, counts = self.vllm.answer_stats(cond + alone)
+        else:
+            sums, counts = batched_answer_stats(self.model, cond + alone, pad, self.params.token_budget)
+        n = len(records)
+        return lm_columns(sums[:n], counts[:n], sums[n:], counts[n:])
+
+
+def lm_columns(cond_sums, cond_counts, alone_sums, alone_counts) -> dict[str, np.ndarray]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = np.where(cond_counts > 0, cond_sums[:, 0] / np.maximum(cond_counts, 1), np.nan)
+        ent = np.where(cond_counts > 0, cond_sums[:, 1] / np.maximum(cond_counts, 1), np.nan)
+        var = np.where(cond_counts > 0, cond_sums[:, 2] / np.maximum(cond_counts, 1), np.nan)
+        alone = np.where(alone_counts > 0, alone_sums[:, 0] / np.maximum(alone_counts, 1), np.nan)
+        ifd = np.where(alone > 0, loss / alone, np.nan)
+        ppl = np.exp(np.minimum(loss, 700))
+        ppl_alone = np.exp(np.minimum(alone, 700))
+        ratio = np.exp(np.clip(loss - alone, -700, 700))
+    return {
+        "loss": loss, "ppl": ppl, "loss_alone": alone, "ppl_alone": ppl_alone, "ifd": ifd, "ifd_ppl_ratio": ratio,
+        "entropy": ent, "varentropy": var, "answer_tokens": cond_counts.astype(np.int64),
+    }
+
