@@ -36,3 +36,39 @@ def shared_data() -> Path:
             "holding alpaca/, sharegpt/ and gsm8k/ to run the real-data tests"
         )
     return path
+
+
+# Offline, quiet, and an isolated model cache unless the caller chose one.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("THRESHER_PROGRESS", "0")
+if "THRESHER_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["THRESHER_CACHE"] = tempfile.mkdtemp(prefix="thresher-test-cache-")
+
+
+@pytest.fixture(scope="session")
+def arith_small():
+    """A 400-example arith pool, its task and hidden labels (deterministic)."""
+    from thresher.tasks.arith import ArithConfig, ArithTestbed
+
+    return ArithTestbed(ArithConfig(pool_size=400, dev_size=60, test_size=90)).build()
+
+
+@pytest.fixture(scope="session")
+def micro_scored(arith_small, tmp_path_factory):
+    """The arith_small pool with text + lm (micro scorer, short warm-up) signals in a store."""
+    from thresher.engine import run_signal
+    from thresher.signals.base import make_signal
+    from thresher.store import SignalStore
+
+    pool, task, labels = arith_small
+    store = SignalStore(tmp_path_factory.mktemp("store"))
+    lm = make_signal("lm", model="micro", warmup_examples=120, warmup_steps=40)
+    text = make_signal("text", model="micro")
+    for s in (text, lm):
+        run_signal(s, pool, store, show_progress=False)
+    return pool, task, labels, store, lm, text
