@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .engine import run_signal
@@ -47,7 +48,11 @@ def get_task(name: str, **params) -> Task:
 def score(pool: Pool | str, signals: list[str | Signal], store: str | os.PathLike | None = None, *, engine: str = "local",
           params: dict[str, Any] | None = None, shard_size: int | None = None, show_progress: bool = True,
           ray_address: str | None = None, ray_actors: int | None = None) -> list:
-    """Compute signals (by signal or column name) into the store. Returns one run record per signal."""
+    """Compute signals (by signal or column name) into the store. Returns one run record per signal.
+
+    ``params`` go to every requested signal that has a parameter of that name; a key
+    ``SIGNAL.NAME`` (e.g. ``embedding.model``) goes to that signal only and wins.
+    """
     pool = as_pool(pool)
     st = SignalStore(store or default_store())
     runs, seen = [], set()
@@ -56,14 +61,27 @@ def score(pool: Pool | str, signals: list[str | Signal], store: str | os.PathLik
             sig = s
         else:
             cls, _ = resolve(s)
-            accepted = set(cls.Params.model_fields)
-            sig = cls(**{k: v for k, v in (params or {}).items() if k in accepted})
+            sig = cls(**signal_params_for(cls, params or {}))
         if sig.key(pool).digest in seen:
             continue
         seen.add(sig.key(pool).digest)
         runs.append(run_signal(sig, pool, st, engine=engine, shard_size=shard_size, show_progress=show_progress,
                                ray_address=ray_address, ray_actors=ray_actors))
     return runs
+
+
+def signal_params_for(cls, params: dict) -> dict:
+    """The subset of ``params`` that signal class ``cls`` accepts (``NAME.key`` scoped keys win)."""
+    accepted = set(cls.Params.model_fields)
+    out = {k: v for k, v in params.items() if "." not in k and k in accepted}
+    for k, v in params.items():
+        if "." in k:
+            owner, key = k.split(".", 1)
+            if owner == cls.name:
+                if key not in accepted:
+                    raise ValueError(f"signal {cls.name!r} has no parameter {key!r}; it takes {sorted(accepted)}")
+                out[key] = v
+    return out
 
 
 def select(pool: Pool | str, method: str, budget, *, store: str | os.PathLike | None = None, seed: int = 0,
@@ -82,7 +100,9 @@ def select(pool: Pool | str, method: str, budget, *, store: str | os.PathLike | 
     if compute_missing:
         for sig in selector.required_signals():
             run_signal(sig, pool, st, engine=engine, show_progress=show_progress)
-    sel = selector.select(pool, SignalView(pool, st), Budget.parse(budget), task=task, seed=seed, oracle=oracle)
+    artifacts = Path(str(out) + ".artifacts") if out else None
+    sel = selector.select(pool, SignalView(pool, st), Budget.parse(budget), task=task, seed=seed, oracle=oracle,
+                          artifacts_dir=artifacts)
     if out:
         sel.save(out, pool)
     return sel

@@ -89,7 +89,7 @@ def score(
     signals: str = typer.Option(..., "--signals", "-s", help="comma-separated signal or column names (see `thresher signals`)"),
     store: Optional[Path] = typer.Option(None, help="signal store directory (default .thresher/store or $THRESHER_STORE)"),
     model: Optional[str] = typer.Option(None, help="model for model-based signals and tokenizers (micro, small, hub id, path)"),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="signal param KEY=VALUE (repeatable)"),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="signal param KEY=VALUE, or SIGNAL.KEY=VALUE for one signal only (repeatable)"),
     engine: str = typer.Option("local", help="local or ray"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)"),
     shard_size: Optional[int] = typer.Option(None, help="rows per shard (resume granularity)"),

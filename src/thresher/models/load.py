@@ -23,12 +23,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SMALL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TIERS = ("micro", "micro-1m", "small")
+TIERS = ("micro", "micro-tiny", "micro-1m", "small")
 
 
 def is_micro(spec: str) -> bool:
     """True for the from-scratch micro presets (micro, micro-1m)."""
-    return spec in ("micro", "micro-1m")
+    from .micro import MICRO_PRESETS
+
+    return spec in MICRO_PRESETS
 
 
 def tier_of(spec: str) -> str:

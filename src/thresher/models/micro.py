@@ -61,6 +61,8 @@ MICRO_PRESETS = {
     # default: learns the arith testbed to ~90% in 600 steps, ~0.06 s/step on 2 cores
     "micro": MicroConfig(),
     # the ~1M-parameter shape of ENVIRONMENT.md: similar accuracy per step, ~4x the compute
+    # a much smaller scorer for Superfiltering (IFD from a weaker model than the target)
+    "micro-tiny": MicroConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96),
     "micro-1m": MicroConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384),
 }
 

@@ -185,6 +185,7 @@ class Selector:
     Params: ClassVar[type[SelectorParams]] = SelectorParams
     uses_oracle: ClassVar[bool] = False
     uses_task: ClassVar[bool] = False
+    artifacts_dir: Path | None = None
 
     def __init__(self, **params: Any):
         try:
@@ -199,8 +200,15 @@ class Selector:
         """Return (ids in selection order, diagnostics). Subclasses implement this."""
         raise TypeError(f"{type(self).__name__} does not implement run()")
 
-    def select(self, pool: Pool, signals: SignalView, budget, *, task=None, seed: int = 0, oracle=None) -> Selection:
+    def select(self, pool: Pool, signals: SignalView, budget, *, task=None, seed: int = 0, oracle=None,
+               artifacts_dir: str | os.PathLike | None = None) -> Selection:
+        """Run the method. ``artifacts_dir`` (optional) is where a method may write its plots,
+        traces and reports; it lists what it wrote in ``diagnostics["artifacts"]`` (paths
+        relative to that folder)."""
         b = Budget.parse(budget)
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        if self.artifacts_dir:
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         if self.uses_task and task is None:
             raise ValueError(f"selector {self.name!r} needs the task's dev split (task=...)")
         if self.uses_oracle and oracle is None:

@@ -99,3 +99,196 @@ class IFDSelector(Selector):
         vals = np.where(over, np.nan, ifd)
         ids, _ = top_by(vals, pool.ids, k, descending=True)
         return ids, {"excluded_nan": nan, "dropped_ifd_ge_threshold": n_over, "shortfall": k - len(ids)}
+
+
+@register_selector
+class SuperfilteringSelector(IFDSelector):
+    name = "superfiltering"
+    description = "Superfiltering: Cherry IFD computed with a much smaller model than the target (default micro-tiny)"
+
+    class Params(IFDParams):
+        scorer: str = Field("micro-tiny", description="the weak scorer (micro-tiny, gpt2, ...): smaller than the target")
+
+
+# --------------------------------------------------------------------------- quality-based baselines
+
+
+class QualityParams(ScorerParams):
+    quality: str = Field("judge", description="quality source: judge, reward:MODEL, or a signal column[:low] (see thresher.select.quality)")
+    judge_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint for quality=judge")
+    judge_model: str = Field("small", description="model name sent to the judge endpoint")
+
+    def source(self):
+        from .quality import quality_source
+
+        return quality_source(self.quality, signal_params=self.lm_params(), judge_params={"url": self.judge_url, "model": self.judge_model})
+
+
+@register_selector
+class AlpaGasusSelector(Selector):
+    name = "alpagasus"
+    description = "AlpaGasus: keep the examples an LLM judge rates highest (0-5); any quality source works"
+    Params = QualityParams
+
+    def required_signals(self):
+        return [self.params.source().signal]
+
+    def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        q = self.params.source().values(signals)
+        ids, n_nan = top_by(q, pool.ids, k, descending=True)
+        return ids, {"quality": self.params.quality, "excluded_nan": n_nan, "shortfall": k - len(ids)}
+
+
+class EmbeddingUser(QualityParams):
+    embed_model: str = Field("minilm", description="sentence encoder of the embedding signal")
+    embed_text: Literal["user", "answer", "all"] = Field("all", description="what the embedding signal embeds")
+
+    def embedding(self):
+        return make_signal("embedding", model=self.embed_model, text=self.embed_text)
+
+
+class DeitaParams(EmbeddingUser):
+    complexity: str = Field("reasoning_steps", description="complexity source (same spec as quality): a column[:low], judge, reward:MODEL")
+    threshold: float = Field(0.9, description="add an example only if its cosine to the nearest selected one is below this")
+
+
+@register_selector
+class DeitaSelector(Selector):
+    name = "deita"
+    description = "DEITA: score = complexity x quality; walk in score order, keep an example only if its nearest selected neighbour has cosine < 0.9"
+    Params = DeitaParams
+
+    def _complexity(self):
+        from .quality import quality_source
+
+        return quality_source(self.params.complexity, signal_params=self.params.lm_params())
+
+    def required_signals(self):
+        return [self.params.source().signal, self._complexity().signal, self.params.embedding()]
+
+    def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        q = self.params.source().values(signals)
+        c = self._complexity().values(signals)
+        emb = np.asarray(signals.signal(self.params.embedding())["__vectors__"], dtype=np.float32)
+        score = q * c
+        order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable") if not np.isnan(score[i])]
+        chosen, scanned = repr_filter(emb, order, k, self.params.threshold)
+        ids = pool.ids
+        return [ids[i] for i in chosen], {"excluded_nan": int(np.isnan(score).sum()), "shortfall": k - len(chosen),
+                                          "quality": self.params.quality, "complexity": self.params.complexity,
+                                          "rejected_as_redundant": scanned - len(chosen)}
+
+
+def repr_filter(emb: np.ndarray, order, k: int, threshold: float, block: int = 256) -> tuple[list[int], int]:
+    """DEITA's representation filter: walking ``order``, keep i if its max cosine to the
+    kept ones is < threshold, until k are kept. Vectors must be unit length.
+
+    Candidates are compared in blocks with the kept set (one matrix product), then with
+    the picks made earlier in the same block, which is exactly the sequential rule.
+    Returns (kept positions, candidates scanned).
+    """
+    order = np.asarray(order, dtype=np.int64)
+    kept: list[int] = []
+    kept_mat = np.empty((min(k, len(order)), emb.shape[1]), dtype=np.float32)
+    pos = 0
+    while pos < len(order) and len(kept) < k:
+        cand = order[pos : pos + block]
+        n_before = len(kept)
+        prior = (emb[cand] @ kept_mat[:n_before].T).max(axis=1) if n_before else np.full(len(cand), -np.inf)
+        for j, i in enumerate(cand):
+            pos += 1
+            if prior[j] >= threshold:
+                continue
+            if len(kept) > n_before and float((kept_mat[n_before : len(kept)] @ emb[i]).max()) >= threshold:
+                continue
+            kept_mat[len(kept)] = emb[i]
+            kept.append(int(i))
+            if len(kept) >= k:
+                break
+    return kept, pos
+
+
+class CaRParams(EmbeddingUser):
+    per_cluster: int = Field(1, ge=0, description="top examples by quality taken from every k-means cluster")
+    k_clusters: int | None = Field(None, description="k-means clusters (default round(sqrt(n/2)))")
+
+
+@register_selector
+class CaRSelector(Selector):
+    name = "car"
+    description = "CaR: k-means (k = sqrt(n/2)); the top few by quality from each cluster plus the global top by quality"
+    Params = CaRParams
+
+    def _kmeans(self):
+        return make_signal("kmeans", embed_model=self.params.embed_model, embed_text=self.params.embed_text, k=self.params.k_clusters)
+
+    def required_signals(self):
+        return [self.params.source().signal, self.params.embedding(), self._kmeans()]
+
+    def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        q = self.params.source().values(signals)
+        clusters = np.asarray(signals.signal(self._kmeans())["cluster"])
+        ids = pool.ids
+        qq = np.nan_to_num(q, nan=-np.inf)
+        picks: list[int] = []
+        for c in np.unique(clusters):
+            members = np.nonzero((clusters == c) & ~np.isnan(q))[0]
+            best = members[np.argsort(-qq[members], kind="stable")][: self.params.per_cluster]
+            picks.extend(int(i) for i in best)
+        picks.sort(key=lambda i: (-qq[i], i))
+        picks = picks[:k]
+        taken = set(picks)
+        for i in np.argsort(-qq, kind="stable"):
+            if len(picks) >= k or np.isnan(q[i]):
+                break
+            if int(i) not in taken:
+                picks.append(int(i))
+                taken.add(int(i))
+        n_clusters = int(len(np.unique(clusters)))
+        return [ids[i] for i in picks], {"clusters": n_clusters, "per_cluster": self.params.per_cluster,
+                                          "excluded_nan": int(np.isnan(q).sum()), "shortfall": k - len(picks)}
+
+
+class DSIRParams(SelectorParams):
+    buckets: int = Field(10000, ge=16, description="hashed n-gram feature buckets")
+    ngrams: int = Field(2, ge=1, le=3, description="unigrams up to this n")
+    smoothing: float = Field(1.0, gt=0, description="pseudo-count added to every bucket")
+    text: Literal["user", "answer", "all"] = Field("all", description="which side of each example is featurised")
+
+
+def hashed_ngrams(text: str, buckets: int, n: int) -> np.ndarray:
+    """Bucket ids of the lower-cased word 1..n-grams of ``text`` (stable crc32 hashing)."""
+    import re
+    import zlib
+
+    words = re.findall(r"\w+", text.lower())
+    grams = list(words)
+    for m in range(2, n + 1):
+        grams += [" ".join(words[i : i + m]) for i in range(len(words) - m + 1)]
+    return np.array([zlib.crc32(g.encode()) % buckets for g in grams], dtype=np.int64)
+
+
+@register_selector
+class DSIRSelector(Selector):
+    name = "dsir"
+    description = "DSIR: importance weights p_target / p_raw of hashed n-gram bag-of-words models (target = the task's dev split), Gumbel top-k"
+    Params = DSIRParams
+    uses_task = True
+
+    def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        from ..pool import assistant_text, record_text, user_text
+
+        side = {"user": user_text, "answer": assistant_text, "all": record_text}[self.params.text]
+        B, n = self.params.buckets, self.params.ngrams
+        feats = [hashed_ngrams(side(r), B, n) for r in pool]
+        raw = np.bincount(np.concatenate(feats) if feats else np.zeros(0, np.int64), minlength=B).astype(np.float64)
+        tgt_texts = [f"{it.question}\n\n{it.target or it.answer}" if self.params.text == "all"
+                     else (it.question if self.params.text == "user" else (it.target or it.answer)) for it in task.dev]
+        tgt = np.bincount(np.concatenate([hashed_ngrams(t, B, n) for t in tgt_texts]), minlength=B).astype(np.float64)
+        log_ratio = np.log((tgt + self.params.smoothing) / (tgt + self.params.smoothing).sum()) - \
+            np.log((raw + self.params.smoothing) / (raw + self.params.smoothing).sum())
+        logw = np.array([float(log_ratio[f].sum()) for f in feats])
+        gumbel = np.random.default_rng(seed).gumbel(size=len(logw))
+        order = np.argsort(-(logw + gumbel), kind="stable")[:k]
+        ids = pool.ids
+        return [ids[i] for i in order], {"dev_items": len(task.dev), "buckets": B, "log_weight_mean": float(logw.mean())}

@@ -145,7 +145,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("text", "lm", "embed", "geometry", "dedup", "judge", "heuristics"):
+    for mod in ("text", "lm", "embed", "geometry", "dedup", "judge", "heuristics", "reward"):
         try:
             importlib.import_module(f"thresher.signals.{mod}")
         except ModuleNotFoundError as e:
