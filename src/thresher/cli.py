@@ -92,6 +92,7 @@ def score(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="signal param KEY=VALUE, or SIGNAL.KEY=VALUE for one signal only (repeatable)"),
     engine: str = typer.Option("local", help="local or ray"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)"),
+    actors: Optional[int] = typer.Option(None, help="Ray actor-pool size (default: cluster CPUs / torch threads)"),
     shard_size: Optional[int] = typer.Option(None, help="rows per shard (resume granularity)"),
     on_error: str = typer.Option("raise", help="pool loading: raise or skip"),
 ):
@@ -103,7 +104,7 @@ def score(
         params["model"] = model
     try:
         runs = _score(pool, [s.strip() for s in signals.split(",") if s.strip()], store, engine=engine, params=params,
-                      shard_size=shard_size, ray_address=address)
+                      shard_size=shard_size, ray_address=address, ray_actors=actors)
     except (KeyError, ValueError) as e:
         _fail(str(e))
     for r in runs:

@@ -237,7 +237,7 @@ class Oracle:
         if todo:
             w = min(workers or self.workers, len(todo))
             cores = os.cpu_count() or 1
-            threads = max(1, cores // w) if w > 1 or self.engine == "ray" else None
+            threads = max(1, cores // w) if w > 1 else None
             outs = self._run([self._job(ids, label, threads) for _, ids, label in todo], workers=w)
             for (key, _, _), res in zip(todo, outs):
                 self._save(key, "dev", res)

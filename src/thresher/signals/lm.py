@@ -63,9 +63,17 @@ def scorer_model_id(params: LMParams, pool_fingerprint: str | None) -> str:
     return base
 
 
+def scorer_cache_dir(params: LMParams, pool_fingerprint: str):
+    """Where a warmed-up scorer for this pool is cached (written once, then only loaded)."""
+    from ..models.load import cache_root
+
+    mid = scorer_model_id(params, pool_fingerprint)
+    return cache_root() / "scorers" / hashlib.sha256(mid.encode()).hexdigest()[:20]
+
+
 def prepare_scorer(params: LMParams, pool, device: str | None = None):
     """Load the scorer; for a warm-up, train it once on a random pool slice and cache it."""
-    from ..models.load import LoadedModel, cache_root, load_model, save_model
+    from ..models.load import LoadedModel, load_model, save_model
     from ..train import TrainConfig, finetune
 
     n = effective_warmup(params)
@@ -77,7 +85,7 @@ def prepare_scorer(params: LMParams, pool, device: str | None = None):
     if pool is None:
         raise ValueError("a warmed-up scorer needs the pool it warms up on")
     mid = scorer_model_id(params, pool.fingerprint)
-    cdir = cache_root() / "scorers" / hashlib.sha256(mid.encode()).hexdigest()[:20]
+    cdir = scorer_cache_dir(params, pool.fingerprint)
     if (cdir / "config.json").exists():
         lm = load_model(str(cdir), dtype=dtype, device=device)
         lm.model_id = mid
@@ -212,9 +220,38 @@ class LMSignal(Signal):
         self._pool = pool
         return self
 
+    def prepare(self, pool) -> dict:
+        """Driver side of a distributed run: do the warm-up here, once, so workers only load.
+
+        Trains and caches a warmed-up scorer on disk (a no-op when it is cached already) and
+        returns the worker state for :meth:`use_prepared`: ``artifact_dir`` (the cached
+        scorer directory, or None when the scorer is the plain model spec) and ``model_id``.
+        """
+        self.bind_pool(pool)
+        if effective_warmup(self.params) == 0:
+            if is_micro(self.params.model):
+                raise ValueError("an untrained micro model scores nothing: set warmup_examples > 0 for the micro scorer")
+            return {"artifact_dir": None, "model_id": scorer_model_id(self.params, pool.fingerprint)}
+        cdir = scorer_cache_dir(self.params, pool.fingerprint)
+        if not (cdir / "config.json").exists():
+            prepare_scorer(self.params, pool)
+        return {"artifact_dir": str(cdir), "model_id": scorer_model_id(self.params, pool.fingerprint)}
+
+    def use_prepared(self, state: dict) -> LMSignal:
+        """Worker side: load the scorer :meth:`prepare` cached (no pool, no warm-up here)."""
+        self._prepared = dict(state)
+        return self
+
     def setup(self) -> None:
-        pool = getattr(self, "_pool", None)
-        self.loaded = prepare_scorer(self.params, pool)
+        prepared = getattr(self, "_prepared", None)
+        if prepared is not None and prepared.get("artifact_dir"):
+            from ..models.load import load_model
+
+            dtype = None if self.params.dtype == "auto" else self.params.dtype
+            self.loaded = load_model(prepared["artifact_dir"], dtype=dtype)
+            self.loaded.model_id = prepared["model_id"]
+        else:
+            self.loaded = prepare_scorer(self.params, getattr(self, "_pool", None))
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model
         self.model.eval()
