@@ -216,6 +216,47 @@ def demo(
     run_demo(cfg, console)
 
 
+@app.command()
+def bench(
+    config: Path = typer.Argument(..., help="bench config YAML (see examples/bench-quick.yaml)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/bench-<name>); rerun to continue a killed bench"),
+    report: bool = typer.Option(True, help="write RUN_DIR/report.html at the end"),
+):
+    """Run every method x budget x seed of a config on its task; resumable."""
+    from .bench import BenchConfig, BenchConfigError, run_bench
+    from .report import write_report
+
+    try:
+        cfg = BenchConfig.load(config)
+    except BenchConfigError as e:
+        _fail(str(e))
+    run_dir = out or Path("runs") / f"bench-{cfg.name}"
+    run_bench(cfg, run_dir, console)
+    console.print(f"table: {run_dir / 'table.md'}")
+    if report:
+        console.print(f"report: {write_report(run_dir)}")
+
+
+@app.command("report")
+def report_(
+    run_dir: Path = typer.Argument(..., help="a bench run directory"),
+    out: Optional[Path] = typer.Option(None, help="HTML file (default RUN_DIR/report.html)"),
+    screenshot: Optional[Path] = typer.Option(None, help="also render it in headless Chromium and save a PNG here"),
+):
+    """Write the self-contained HTML report of a bench run (plots inline)."""
+    from .report import screenshot as _shot
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    console.print(f"report: {path}")
+    if screenshot:
+        info = _shot(path, screenshot)
+        console.print(f"screenshot: {screenshot} ({len(info['images'])} images, {info['rows'] - 1} rows)")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

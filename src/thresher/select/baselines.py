@@ -252,7 +252,7 @@ class CaRSelector(Selector):
 class DSIRParams(SelectorParams):
     buckets: int = Field(10000, ge=16, description="hashed n-gram feature buckets")
     ngrams: int = Field(2, ge=1, le=3, description="unigrams up to this n")
-    smoothing: float = Field(1.0, gt=0, description="pseudo-count added to every bucket")
+    prior_mass: float = Field(100.0, gt=0, description="pseudo-counts of the raw distribution mixed into the target model (a small dev split is smoothed towards the pool, not towards uniform)")
     text: Literal["user", "answer", "all"] = Field("all", description="which side of each example is featurised")
 
 
@@ -271,7 +271,7 @@ def hashed_ngrams(text: str, buckets: int, n: int) -> np.ndarray:
 @register_selector
 class DSIRSelector(Selector):
     name = "dsir"
-    description = "DSIR: importance weights p_target / p_raw of hashed n-gram bag-of-words models (target = the task's dev split), Gumbel top-k"
+    description = "DSIR: importance weights p_target / p_raw of hashed n-gram bag-of-words models (target = the task's dev split, smoothed towards the pool), Gumbel top-k"
     Params = DSIRParams
     uses_task = True
 
@@ -285,8 +285,10 @@ class DSIRSelector(Selector):
         tgt_texts = [f"{it.question}\n\n{it.target or it.answer}" if self.params.text == "all"
                      else (it.question if self.params.text == "user" else (it.target or it.answer)) for it in task.dev]
         tgt = np.bincount(np.concatenate([hashed_ngrams(t, B, n) for t in tgt_texts]), minlength=B).astype(np.float64)
-        log_ratio = np.log((tgt + self.params.smoothing) / (tgt + self.params.smoothing).sum()) - \
-            np.log((raw + self.params.smoothing) / (raw + self.params.smoothing).sum())
+        p_raw = (raw + 1.0) / (raw.sum() + B)  # add-one: the pool is the large corpus
+        m = self.params.prior_mass
+        p_tgt = (tgt + m * p_raw) / (tgt.sum() + m)  # Dirichlet prior centred on the pool distribution
+        log_ratio = np.log(p_tgt) - np.log(p_raw)
         logw = np.array([float(log_ratio[f].sum()) for f in feats])
         gumbel = np.random.default_rng(seed).gumbel(size=len(logw))
         order = np.argsort(-(logw + gumbel), kind="stable")[:k]

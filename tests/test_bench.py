@@ -1,0 +1,121 @@
+"""The bench: config validation, rows, resume, paired statistics, and the HTML report in Chromium."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thresher.bench import BenchConfig, BenchConfigError, paired_bootstrap, run_bench, summarise
+from thresher.ledger import CostLedger
+
+TINY = {
+    "name": "tiny",
+    "pool": {"arith": {"pool_size": 160, "dev_size": 24, "test_size": 40}},
+    "model": "micro",
+    "train": {"steps": 8, "batch_size": 8},
+    "budgets": [0.25],
+    "seeds": [0, 1],
+    "scorer": {"model": "micro", "warmup_examples": 40, "warmup_steps": 10},
+    "methods": ["random", "full", {"name": "topk", "label": "long-answers", "params": {"signal": "tokens_answer"}}, "dsir"],
+}
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(BenchConfigError, match="missing required key 'methods'"):
+        BenchConfig.from_dict({k: v for k, v in TINY.items() if k != "methods"})
+    with pytest.raises(BenchConfigError, match=r"unknown key\(s\) \['bugdets'\]"):
+        BenchConfig.from_dict({**TINY, "bugdets": [0.1]})
+    with pytest.raises(BenchConfigError, match="labels must be unique"):
+        BenchConfig.from_dict({**TINY, "methods": ["random", "random"]})
+    with pytest.raises(ValueError, match="budget"):
+        BenchConfig.from_dict({**TINY, "budgets": [-3]})
+    cfg = BenchConfig.load(Path(__file__).resolve().parents[1] / "examples" / "bench-quick.yaml")
+    assert cfg.name == "quick" and cfg.budgets == ["0.1", "0.3"] and "random" in [m.name for m in cfg.methods]
+
+
+def test_paired_bootstrap_on_hand_cases():
+    a = [[1, 1, 1, 0] * 25, [1, 1, 0, 0] * 25]
+    b = [[1, 0, 0, 0] * 25, [1, 0, 0, 0] * 25]
+    d, lo, hi = paired_bootstrap(a, b, n_boot=500)
+    assert d == pytest.approx(((0.75 - 0.25) + (0.5 - 0.25)) / 2)
+    assert 0 < lo < d < hi
+    d, lo, hi = paired_bootstrap(b, b, n_boot=200)
+    assert (d, lo, hi) == (0.0, 0.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bench")
+    rows = run_bench(BenchConfig.from_dict(TINY), run_dir, show_progress=False)
+    return run_dir, rows
+
+
+def test_rows_hold_every_field(tiny_run):
+    run_dir, rows = tiny_run
+    assert len(rows) == 2 * 3 + 2  # 3 budgeted methods x 2 seeds + full once per seed
+    for r in rows:
+        for k in ("method", "selector", "params", "budget", "seed", "n_selected", "dev", "test", "oracle_runs", "proxy_calls",
+                  "tokens_trained", "wall_s", "defects"):
+            assert k in r, k
+        assert 0 <= r["dev"] <= 1 and 0 <= r["test"] <= 1 and r["oracle_runs"] == 1
+        assert r["tokens_trained"] > 0 and len(r["test_correct"]) == 40
+        assert r["test"] == pytest.approx(np.mean(r["test_correct"]), abs=1e-4)
+        assert sum(r["defects"].values()) == r["n_selected"]
+    by = {(r["method"], r["seed"]): r for r in rows}
+    assert by[("full", 0)]["n_selected"] == 160 and by[("random", 0)]["n_selected"] == 40
+    assert by[("full", 0)]["budget"] == "1"
+    # test scored once per final selection
+    log = (run_dir / "oracle" / "test_log.jsonl").read_text().splitlines()
+    assert len(log) == len({json.loads(x)["key"] for x in log}) == len(rows)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["commit"] and len(res["rows"]) == len(rows)
+    assert "| long-answers | 0.25 |" in (run_dir / "table.md").read_text()
+
+
+def test_summary_pairs_with_random_on_the_same_seeds(tiny_run):
+    _, rows = tiny_run
+    s = {(x["method"], x["budget"]): x for x in summarise(rows)}
+    la = s[("long-answers", "0.25")]
+    rnd = {r["seed"]: r["test"] for r in rows if r["method"] == "random"}
+    mine = {r["seed"]: r["test"] for r in rows if r["method"] == "long-answers"}
+    assert la["vs_random"] == pytest.approx(np.mean([mine[k] - rnd[k] for k in (0, 1)]), abs=1e-3)
+    assert la["ci_low"] <= la["vs_random"] <= la["ci_high"] and la["paired_seeds"] == [0, 1]
+    assert "vs_random" not in s[("random", "0.25")] and "vs_random" not in s[("full", "1")]
+
+
+def test_a_rerun_continues_without_retraining(tiny_run, tmp_path):
+    run_dir, rows = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    victim = sorted((copy / "rows").glob("dsir*s1.json"))[0]
+    victim.unlink()
+    before = len(CostLedger(copy / "ledger.jsonl").entries)
+    again = run_bench(BenchConfig.from_dict(TINY), copy, show_progress=False)
+    assert len(again) == len(rows) and victim.exists()
+    new = CostLedger(copy / "ledger.jsonl").entries[before:]
+    assert new and all(e.cached for e in new)  # the row's oracle runs came from the cache
+    old = {(r["method"], r["seed"]): r["test"] for r in rows}
+    assert all(old[(r["method"], r["seed"])] == r["test"] for r in again)
+
+
+def test_report_renders_in_chromium(tiny_run, tmp_path):
+    pytest.importorskip("playwright", reason="the report screenshot test needs playwright (pip install thresher[test])")
+    from thresher.report import pixel_stats, screenshot, write_report
+
+    run_dir, rows = tiny_run
+    html_path = write_report(run_dir, tmp_path / "report.html")
+    text = html_path.read_text()
+    assert "<script" not in text and "http" not in text.split("</style>")[1]  # self-contained
+    try:
+        info = screenshot(html_path, tmp_path / "shot.png")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert info["title"] == "thresher bench: tiny"
+    plots = {i["id"]: i for i in info["images"] if i["id"]}
+    assert plots["plot-accuracy"]["w"] > 300 and plots["plot-cost"]["w"] > 300
+    assert info["summaryRows"] == 1 + 4 and info["rows"] == 1 + len(rows)
+    px = pixel_stats(tmp_path / "shot.png")
+    assert px["height"] > 1500 and px["nonwhite"] > 0.02
