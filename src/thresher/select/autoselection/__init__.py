@@ -1,0 +1,227 @@
+"""AutoSelection (seed 002): fixed-pool data-recipe search for SFT selection.
+
+Selectors registered here:
+
+- ``autoselection``: the search (warm-up, GP surrogate on recipe encoding + realised state,
+  local edits ranked by UCB, credit assignment, reseeding) under an oracle budget;
+  returns the best evaluated recipe's subset. See :mod:`.search`.
+- ``recipe``: execute one fixed recipe (a YAML path or a list of ``{op: params}``);
+  no oracle. See :mod:`.recipe` and ``thresher recipe run``.
+- ``random_recipes``: the baseline of the same budget of random recipes.
+
+Operators: :mod:`.operators`; optional LLM proposer/ranker: :mod:`.llm`; plots: :mod:`.plots`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator
+
+from ..base import Selector, SelectorParams, register_selector
+from .operators import (
+    OPERATORS,
+    RecipeContext,
+    SignalSettings,
+    operator_catalog,
+    register_operator,
+)
+from .recipe import (
+    Recipe,
+    RecipeError,
+    RecipeFile,
+    as_recipe,
+    load_recipe,
+    run_recipe,
+    save_recipe,
+    state_signals,
+)
+from .search import (
+    RandomRecipeSearch,
+    RecipeSearch,
+    SearchConfig,
+    library_signals,
+    read_trace,
+)
+
+__all__ = [
+    "OPERATORS",
+    "AutoSelectionSelector",
+    "RandomRecipeSearch",
+    "RandomRecipesSelector",
+    "Recipe",
+    "RecipeContext",
+    "RecipeError",
+    "RecipeFile",
+    "RecipeSearch",
+    "RecipeSelector",
+    "SearchConfig",
+    "SignalSettings",
+    "load_recipe",
+    "operator_catalog",
+    "read_trace",
+    "register_operator",
+    "run_recipe",
+    "save_recipe",
+]
+
+
+def _check_task(settings: SignalSettings, task) -> None:
+    """The task_relevance signal is keyed by a task name; make sure it is the task being selected for."""
+    if task is None:
+        return
+    ours = settings.relevance_signal().dev().fingerprint()
+    if hasattr(task, "fingerprint") and task.fingerprint() != ours:
+        raise ValueError(f"signals.task={settings.task!r} with task_params={settings.task_params} names a dev split "
+                         f"different from the task given to the selector ({getattr(task, 'name', '?')}); set the "
+                         "signals' task and task_params to the target task so task relevance measures the right thing")
+
+
+# --------------------------------------------------------------------------- the search
+
+
+class AutoSelectionParams(SearchConfig):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    signals: SignalSettings = Field(default_factory=SignalSettings, description="which stored signals operators and the state read")
+    llm: dict[str, Any] | None = Field(None, description="LLM endpoint settings (url, model, api_key_env, ...) for proposer/ranker 'llm'")
+    trace_path: str | None = Field(None, description="trace JSONL (default: <artifacts>/trace.jsonl); a rerun resumes from it")
+
+
+def _artifacts(sel: Selector, result, search: RecipeSearch, title: str) -> list[str]:
+    """Write the best recipe (YAML) and the trace plot into the artifacts folder; list them."""
+    if sel.artifacts_dir is None:
+        return []
+    from .plots import plot_search_trace
+
+    out = []
+    save_recipe(result.best.recipe, sel.artifacts_dir / "best_recipe.yaml", settings=search.ctx.settings,
+                name=f"{search.method} seed {search.seed} best", description=f"dev score {result.best.score:.4f}")
+    out.append("best_recipe.yaml")
+    plot_search_trace([e.line() for e in result.history], sel.artifacts_dir / "search.png", title=title)
+    out.append("search.png")
+    if search.trace.path is not None and search.trace.path.parent == sel.artifacts_dir:
+        out.append(search.trace.path.name)
+    return out
+
+
+def _diagnostics(result, search: RecipeSearch) -> dict:
+    best = result.best
+    return {
+        "best_recipe": best.recipe.to_list(), "best_describe": best.recipe.describe(), "best_index": best.index,
+        "best_dev_score": best.score, "best_state": best.execution.state.to_dict(), "best_steps": best.execution.steps,
+        "evaluations": len(result.history), "oracle_budget": search.config.oracle_budget,
+        "budget_counting": "distinct subsets evaluated by this search (cached oracle results cost no compute but count)",
+        "budget_mode": search.config.budget_mode, "k": search.k,
+        "best_so_far": [round(v, 6) for v in result.curve()],
+        "scores": [round(e.score, 6) for e in result.history], "phases": [e.phase for e in result.history],
+        "trajectories": search.trajectory + 1, "credit": {n: {"credit": round(c["credit"], 6), "count": c["count"]}
+                                                          for n, c in sorted(result.credit.items())},
+        "library": search.library, "stats": result.stats,
+        "trace": str(search.trace.path) if search.trace.path else None,
+    }
+
+
+class _SearchSelector(Selector):
+    uses_oracle = True
+    Params = AutoSelectionParams
+    search_class: type[RecipeSearch] = RecipeSearch
+
+    def required_signals(self):
+        p = self.params
+        sigs = library_signals(p.operators, p.signals, p.operator_defaults) + state_signals(p.signals)
+        seen, out = set(), []
+        for s in sigs:
+            key = json.dumps([s.name, s.key_params()], sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                out.append(s)
+        return out
+
+    def search(self, pool, signals, k, seed, oracle) -> RecipeSearch:
+        p = self.params
+        ctx = RecipeContext(pool, signals, p.signals)
+        config = SearchConfig(**{f: getattr(p, f) for f in SearchConfig.model_fields})
+        trace = p.trace_path or (self.artifacts_dir / "trace.jsonl" if self.artifacts_dir else None)
+        advisor = None
+        if p.proposer == "llm" or p.ranker == "llm":
+            from .llm import LLMAdvisor
+
+            advisor = LLMAdvisor(p.llm or {}, ledger=oracle.ledger)
+        return self.search_class(ctx, oracle, config, seed=seed, k=k, trace_path=trace, advisor=advisor, label=self.name)
+
+    def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        _check_task(self.params.signals, task)
+        search = self.search(pool, signals, k, seed, oracle)
+        result = search.run()
+        diag = _diagnostics(result, search)
+        if search.advisor is not None:
+            diag["llm"] = search.advisor.stats
+            search.advisor.close()
+        diag["artifacts"] = _artifacts(self, result, search, f"{self.name} seed {seed}")
+        return result.ids, diag
+
+
+@register_selector
+class AutoSelectionSelector(_SearchSelector):
+    name = "autoselection"
+    description = ("AutoSelection: search operator recipes (filters, dedups, caps) under an oracle budget with warm-up, "
+                   "a GP surrogate on recipe + realised state, local edits ranked by UCB, credit and reseeding")
+
+
+@register_selector
+class RandomRecipesSelector(_SearchSelector):
+    name = "random_recipes"
+    description = "baseline: the same oracle budget spent on random recipes (truncate + 1-3 random filters); keeps the best"
+    search_class = RandomRecipeSearch
+
+
+# --------------------------------------------------------------------------- a fixed recipe
+
+
+class RecipeParams(SelectorParams):
+    recipe: str | list[Any] = Field(..., description="a recipe YAML path (or YAML text), or a list of {operator: params}")
+    signals: SignalSettings | None = Field(None, description="signal settings (default: the recipe file's 'signals', else defaults)")
+    cap_to_budget: bool = Field(False, description="cap the subset at the budget k (seeded, source-stratified); else k only sets budget_used")
+
+    @field_validator("recipe")
+    @classmethod
+    def _parse(cls, v):
+        as_recipe(v)  # raises a RecipeError (a ValueError) naming the file, step and line
+        return v
+
+
+@register_selector
+class RecipeSelector(Selector):
+    name = "recipe"
+    description = "execute one AutoSelection recipe (YAML path or list of {op: params}) on stored signals; no model calls"
+    Params = RecipeParams
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.recipe_file: RecipeFile = as_recipe(self.params.recipe)
+
+    @property
+    def settings(self) -> SignalSettings:
+        return self.params.signals or self.recipe_file.settings or SignalSettings()
+
+    def required_signals(self):
+        sigs = self.recipe_file.recipe.required_signals(self.settings) + state_signals(self.settings)
+        seen, out = set(), []
+        for s in sigs:
+            key = json.dumps([s.name, s.key_params()], sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                out.append(s)
+        return out
+
+    def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        ctx = RecipeContext(pool, signals, self.settings)
+        recipe = self.recipe_file.recipe
+        ex = recipe.execute(ctx, k=k, cap_to=k if self.params.cap_to_budget else None)
+        src = str(self.recipe_file.path) if self.recipe_file.path else None
+        return ex.ids, {"recipe": recipe.to_list(), "describe": recipe.describe(), "recipe_digest": recipe.digest(),
+                        "recipe_file": src, "state": ex.state.to_dict(), "steps": ex.steps,
+                        "signals": self.settings.model_dump(mode="json", exclude_defaults=True),
+                        "budget_note": "k capped the subset" if self.params.cap_to_budget else "k only sets budget_used = n / k"}
+
