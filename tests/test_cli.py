@@ -9,12 +9,13 @@ from typer.testing import CliRunner
 from thresher.cli import app
 
 runner = CliRunner()
-COMMANDS = ["load", "score", "signals", "select", "methods", "train", "eval", "demo", "make-arith"]
+COMMANDS = ["load", "score", "signals", "select", "methods", "train", "eval", "demo", "make-arith", "bench", "report",
+            "serve", "thtb-guide", "recipe", "recipe run"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_command_has_help(cmd):
-    res = runner.invoke(app, [cmd, "--help"])
+    res = runner.invoke(app, [*cmd.split(), "--help"])
     assert res.exit_code == 0, res.output
     assert "Usage" in res.output
 
@@ -66,3 +67,32 @@ def test_make_arith_score_select_train_eval(tmp_path):
     res = runner.invoke(app, ["eval", str(model_dir), "--task", "arith", "--limit", "12"])
     assert res.exit_code == 0, res.output
     assert "arith dev: accuracy" in res.output and "on 12 items" in res.output
+
+
+def test_recipe_run_and_thtb_guide_on_an_arith_pool(tmp_path):
+    data = tmp_path / "arith"
+    assert runner.invoke(app, ["make-arith", "--out", str(data), "--pool-size", "200"]).exit_code == 0
+    pool, store = data / "pool.jsonl", tmp_path / "store"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nsignals: {state: [tokens]}\nrecipe:\n  - exact_dedup: {}\n"
+                      "  - ngram_entropy_filter: {fraction: 0.5}\n")
+    out = tmp_path / "sub.jsonl"
+    res = runner.invoke(app, ["recipe", "run", str(recipe), "--pool", str(pool), "--out", str(out), "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    state = json.loads((tmp_path / "sub.state.json").read_text())
+    # the arith pool has 5% exact duplicates (10 of 200): dedup leaves 190, the filter keeps half
+    assert len(rows) == state["state"]["n_selected"] == 95
+    assert state["state"]["retain_ratio"] == 95 / 200 and 0 < state["state"]["token_ratio"] < 1
+    assert f"95 examples (retain ratio {95 / 200:.3f})" in res.output
+    # a bad step is named with its line
+    recipe.write_text("recipe:\n  - exact_dedup: {}\n  - no_such_op: {}\n")
+    res = runner.invoke(app, ["recipe", "run", str(recipe), "--pool", str(pool), "--out", str(out), "--store", str(store)])
+    assert res.exit_code == 2 and "no_such_op" in res.output
+
+    prof = tmp_path / "guide.json"
+    res = runner.invoke(app, ["thtb-guide", str(pool), "--store", str(store), "--json", str(prof)])
+    assert res.exit_code == 0, res.output
+    g = json.loads(prof.read_text())
+    assert g["n"] == 200 and sum(d["count"] for d in g["bloom"]["levels"].values()) == 200
+    assert "Under-represented" in res.output and g["ic"]["available"] is False

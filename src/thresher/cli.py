@@ -257,6 +257,79 @@ def report_(
         console.print(f"screenshot: {screenshot} ({len(info['images'])} images, {info['rows'] - 1} rows)")
 
 
+@app.command()
+def serve(
+    model: str = typer.Option("small", help="model to serve: micro, small, an HF id, a path or a .gguf file"),
+    host: str = typer.Option("127.0.0.1", help="bind address (anything but loopback warns unless a key is set)"),
+    port: int = typer.Option(8000, help="port"),
+    served_name: Optional[str] = typer.Option(None, help="model name clients send (default: the model spec)"),
+    api_key_env: str = typer.Option("THRESHER_SERVE_KEY", help="env var whose value, when set, is the required bearer key"),
+    seed: int = typer.Option(0, help="sampling seed"),
+):
+    """Serve a model behind an OpenAI-compatible /v1/chat/completions endpoint (the local judge)."""
+    from .serve import serve as _serve
+
+    try:
+        _serve(model, host, port, served_name=served_name, api_key_env=api_key_env, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+
+
+@app.command("thtb-guide")
+def thtb_guide_(
+    pool: Path = typer.Argument(..., help="pool file (JSONL, JSON, Parquet) or dataset folder"),
+    store: Optional[Path] = typer.Option(None, help="signal store (default $THRESHER_CACHE/store)"),
+    bloom: str = typer.Option("heuristic", help="Bloom levels from the verb heuristic or a judge: heuristic|judge"),
+    ic: str = typer.Option("none", help="interdisciplinary complexity: none|judge"),
+    quality: Optional[str] = typer.Option(None, help="also profile a quality source (judge, reward:MODEL, COLUMN[:low])"),
+    judge_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible endpoint for judge signals"),
+    judge_model: str = typer.Option("small", help="model name sent to the judge"),
+    compute: bool = typer.Option(True, help="compute missing signals first"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile as JSON here"),
+):
+    """THTB annotation guidance: the pool's hardness profile and the categories it lacks."""
+    import json as _json
+
+    from .thtb_guide import render_guide, thtb_guide
+
+    try:
+        g = thtb_guide(pool, str(store) if store else None, bloom=bloom, ic=ic, quality=quality, judge_url=judge_url,
+                       judge_model=judge_model, compute_missing=compute)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(render_guide(g))
+    if json_out:
+        json_out.write_text(_json.dumps(g, indent=1))
+        console.print(f"profile: {json_out}")
+
+
+recipe_app = typer.Typer(help="AutoSelection recipes: ordered filter / dedup / mix steps in YAML.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("run")
+def recipe_run(
+    recipe: Path = typer.Argument(..., help="recipe YAML (see examples/recipe-arith.yaml)"),
+    pool: Path = typer.Option(..., help="pool file (JSONL, JSON, Parquet) or dataset folder"),
+    out: Path = typer.Option(..., help="subset JSONL to write (+ .meta.json and .state.json beside it)"),
+    store: Optional[Path] = typer.Option(None, help="signal store (default $THRESHER_CACHE/store)"),
+    budget: Optional[str] = typer.Option(None, help="k or fraction; only reported as budget_used unless --cap"),
+    cap: bool = typer.Option(False, help="cut the recipe's output to the budget"),
+    compute: bool = typer.Option(True, help="compute the signals the recipe reads first"),
+):
+    """Execute a recipe on a pool and write the subset with its realised state."""
+    from .select.autoselection.recipe import RecipeError, run_recipe
+
+    try:
+        sel, state = run_recipe(recipe, pool, out, store=store, budget=budget, cap_to_budget=cap, compute_missing=compute)
+    except (RecipeError, KeyError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"{len(sel.ids)} examples (retain ratio {state['retain_ratio']:.3f}) -> {out}")
+    for name, value in state.items():
+        if value is not None and not isinstance(value, (dict, list)) and name not in ("n_selected", "retain_ratio"):
+            console.print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
