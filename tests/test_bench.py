@@ -119,3 +119,39 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     assert info["summaryRows"] == 1 + 4 and info["rows"] == 1 + len(rows)
     px = pixel_stats(tmp_path / "shot.png")
     assert px["height"] > 1500 and px["nonwhite"] > 0.02
+
+
+METHODS_BENCH = {
+    **TINY,
+    "name": "methods",
+    "seeds": [0],
+    "oracle_budget": 3,
+    "methods": [
+        "random",
+        {"name": "thtb", "params": {"scorer_warmup": 40, "scorer_warmup_steps": 10}},
+        {"name": "harp-c", "params": {"leaf_size": 40, "leaves_per_parent": 2, "bootstrap": 50}},
+        {"name": "autoselection", "params": {"signals": {"scorer_warmup": 40, "scorer_warmup_steps": 10, "state": ["tokens"]}}},
+        {"name": "tmap", "params": {"indicators": ["reasoning_steps", "bloom", "length"], "scorer": "micro", "scorer_warmup": 40,
+                                    "scorer_warmup_steps": 10, "proxy_model": "micro", "anchors": 3, "demos": 1, "draws": 1,
+                                    "n_init": 1, "n_iter": 1}},
+    ],
+}
+
+
+@pytest.mark.slow
+def test_the_four_methods_run_in_a_bench_and_their_plots_reach_the_report(tmp_path):
+    from thresher.report import write_report
+
+    rows = run_bench(BenchConfig.from_dict(METHODS_BENCH), tmp_path / "run", show_progress=False)
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"random", "thtb", "harp-c", "autoselection", "tmap"}
+    assert by["random"]["oracle_runs"] == 1 and by["thtb"]["oracle_runs"] == 1  # no search: the final run only
+    assert 1 < by["autoselection"]["oracle_runs"] <= 3 + 1  # the search's runs (<= budget) + the final one
+    assert by["harp-c"]["oracle_runs"] >= 3  # base + >= 1 measured leaf + the final run
+    assert by["tmap"]["proxy_calls"] == 3 + 1 + 1 + 1  # 3 single indicators + equal weights + 1 init + 1 BO step
+    for r in rows:
+        assert r["n_selected"] <= 40 or r["method"] == "autoselection"
+    html = write_report(tmp_path / "run").read_text()
+    for needle in ("thtb_stage", "tmap_weights", "best", "harp"):
+        assert needle in html, needle
+    assert html.count("data:image/png;base64,") >= 2 + 3 + 1 + 1 + 1

@@ -141,6 +141,12 @@ class BenchConfig:
                    oracle_budget=int(raw.get("oracle_budget", 15)), scorer=dict(raw.get("scorer") or {"model": "micro"}),
                    engine=engine, ray_address=raw.get("ray_address"), workers=int(raw.get("workers", 1)), source=source)
 
+    def task_spec(self) -> tuple[str, dict]:
+        """(task name, factory params) of the target task: what signals that read a dev split must name."""
+        if "arith" in self.pool:
+            return "arith", dict(self.pool["arith"] or {})
+        return self.task["name"], dict(self.task.get("params") or {})
+
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["methods"] = [m.__dict__ for m in self.methods]
@@ -179,6 +185,17 @@ def _inject(cls_params, params: dict, cfg: BenchConfig) -> dict:
         p["scorer_warmup_steps"] = sc["warmup_steps"]
     if "oracle_budget" in fields and "oracle_budget" not in p:
         p["oracle_budget"] = cfg.oracle_budget
+    task_name, task_params = cfg.task_spec()
+    if "relevance_task" in fields and "relevance_task" not in p:
+        p["relevance_task"], p["relevance_task_params"] = task_name, dict(task_params)
+    if "signals" in fields:  # AutoSelection's signal settings: the bench's scorer and target task unless given
+        settings = dict(p.get("signals") or {})
+        if "task" not in settings:
+            settings["task"], settings["task_params"] = task_name, dict(task_params)
+        for ours, theirs in (("model", "scorer"), ("warmup_examples", "scorer_warmup"), ("warmup_steps", "scorer_warmup_steps")):
+            if ours in sc and theirs not in settings:
+                settings[theirs] = sc[ours]
+        p["signals"] = settings
     return p
 
 
@@ -260,7 +277,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
         mark = ledger.mark()
         t_sel = time.perf_counter()
         sel = selector.select(pool, view, Budget.parse(budget), task=task.dev_view(), seed=seed,
-                              oracle=oracle.dev_view() if selector.uses_oracle else None,
+                              oracle=oracle.dev_view(),  # every method gets it: proxy calls land in the same ledger
                               artifacts_dir=run_dir / "artifacts" / rid)
         sel_seconds = time.perf_counter() - t_sel
         search_oracle = ledger.count("oracle", since=mark)
