@@ -36,6 +36,21 @@ def test_config_errors_name_the_problem():
     assert cfg.name == "quick" and cfg.budgets == ["0.1", "0.3"] and "random" in [m.name for m in cfg.methods]
 
 
+def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
+    from thresher.bench import _inject
+    from thresher.select.base import make_selector, selector_class
+
+    cfg = BenchConfig.load(Path(__file__).resolve().parents[1] / "examples" / "bench-arith.yaml")
+    names = {m.name for m in cfg.methods}
+    assert {"full", "random", "ifd", "superfiltering", "alpagasus", "deita", "car", "dsir"} <= names
+    assert {"thtb", "tmap", "autoselection", "harp-c", "harp-e"} <= names
+    built = {m.label: make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg)) for m in cfg.methods}
+    assert built["autoselection"].params.oracle_budget == cfg.oracle_budget
+    # dev-reading settings follow the bench's target task
+    assert built["tmap"].params.relevance_task_params == {"pool_size": 2000, "dev_size": 200, "test_size": 400}
+    assert built["autoselection"].params.signals.task_params == built["tmap"].params.relevance_task_params
+
+
 def test_paired_bootstrap_on_hand_cases():
     a = [[1, 1, 1, 0] * 25, [1, 1, 0, 0] * 25]
     b = [[1, 0, 0, 0] * 25, [1, 0, 0, 0] * 25]

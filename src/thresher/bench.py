@@ -47,7 +47,7 @@ from .engine import run_signal
 from .ledger import CostLedger
 from .oracle import Oracle
 from .pool import Pool, load_pool
-from .select.base import Budget, SignalView, make_selector
+from .select.base import Budget, SignalView, make_selector, selector_class
 from .store import SignalStore
 from .train import TrainConfig
 
@@ -247,7 +247,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
         _load_builtin()
         if m.name not in SELECTORS:
             raise BenchConfigError(f"{cfg.source}: unknown method {m.name!r}; known: {sorted(SELECTORS)}")
-        selectors[m.label] = make_selector(m.name, **_inject(SELECTORS[m.name].Params, m.params, cfg))
+        selectors[m.label] = make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
     needed = {}
     for sel in selectors.values():
         for sig in sel.required_signals():

@@ -256,11 +256,15 @@ def _load_builtin() -> None:
                 raise
 
 
-def make_selector(name: str, **params) -> Selector:
+def selector_class(name: str) -> type[Selector]:
     _load_builtin()
     if name not in SELECTORS:
         raise KeyError(f"unknown selection method {name!r}; known: {', '.join(sorted(SELECTORS))}")
-    return SELECTORS[name](**params)
+    return SELECTORS[name]
+
+
+def make_selector(name: str, **params) -> Selector:
+    return selector_class(name)(**params)
 
 
 def list_selectors() -> list[dict]:
