@@ -96,3 +96,20 @@ def test_recipe_run_and_thtb_guide_on_an_arith_pool(tmp_path):
     g = json.loads(prof.read_text())
     assert g["n"] == 200 and sum(d["count"] for d in g["bloom"]["levels"].values()) == 200
     assert "Under-represented" in res.output and g["ic"]["available"] is False
+
+
+@pytest.mark.slow  # scores the default arith dev split (200 items) once per run
+def test_select_with_a_measuring_method_builds_an_oracle_on_the_task(tmp_path):
+    data = tmp_path / "arith"
+    assert runner.invoke(app, ["make-arith", "--out", str(data), "--pool-size", "200"]).exit_code == 0
+    pool, store, out = data / "pool.jsonl", tmp_path / "store", tmp_path / "harp.jsonl"
+    args = ["select", str(pool), "--method", "harp-c", "--budget", "0.3", "--out", str(out), "--store", str(store),
+            "-p", "leaf_size=50", "-p", "leaves_per_parent=2", "-p", "bootstrap=20", "--compute-missing"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--task" in res.output  # no task, no oracle: named, not guessed
+    res = runner.invoke(app, [*args, "--task", "arith", "--oracle-steps", "4"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "harp.meta.json").read_text())
+    # base model + one fine-tune per measured leaf, all on the task's dev split
+    assert meta["cost"]["oracle"]["runs"] == 1 + len(meta["diagnostics"]["measured_leaves"]) >= 2
+    assert 0 < meta["n_selected"] <= 60 and "cost:" in res.output

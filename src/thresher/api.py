@@ -86,17 +86,27 @@ def signal_params_for(cls, params: dict) -> dict:
 
 def select(pool: Pool | str, method: str, budget, *, store: str | os.PathLike | None = None, seed: int = 0,
            task: Task | DevTask | str | None = None, oracle: Oracle | None = None, out: str | os.PathLike | None = None,
-           compute_missing: bool = False, engine: str = "local", show_progress: bool = True, **params) -> Selection:
+           compute_missing: bool = False, engine: str = "local", show_progress: bool = True,
+           oracle_model: str = "micro", oracle_steps: int | None = None, **params) -> Selection:
     """Run a selector on stored signals; write ``out`` (+ ``.meta.json``) when given.
 
     With ``compute_missing=True`` the signals the method needs are scored first (a
-    separate step: the selector itself still only reads the store).
+    separate step: the selector itself still only reads the store). A method that
+    measures subsets (HARP, AutoSelection) gets ``oracle``, or else one built here on
+    ``task`` with ``oracle_model`` (and ``oracle_steps`` training steps, default: the
+    tier's); it only ever sees dev scores.
     """
     pool = as_pool(pool)
     st = SignalStore(store or default_store())
     if isinstance(task, str):
         task = get_task(task)
     selector = make_selector(method, **params)
+    if selector.uses_oracle and oracle is None:
+        if not isinstance(task, Task):
+            raise ValueError(f"method {method!r} fine-tunes on candidate subsets: give the target task (--task) so an oracle "
+                             "can score them on its dev split")
+        overrides = {"steps": oracle_steps} if oracle_steps else {}
+        oracle = make_oracle(task, pool, model=oracle_model, **overrides)
     if compute_missing:
         for sig in selector.required_signals():
             run_signal(sig, pool, st, engine=engine, show_progress=show_progress)

@@ -124,16 +124,21 @@ def select(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="method param KEY=VALUE (repeatable)"),
     config: Optional[Path] = typer.Option(None, help="YAML file of method params"),
     compute_missing: bool = typer.Option(False, help="score the signals the method needs first (a separate step)"),
+    oracle_model: str = typer.Option("micro", help="methods that fine-tune on candidates (harp-*, autoselection): the model"),
+    oracle_steps: Optional[int] = typer.Option(None, help="training steps of those runs (default: the tier's)"),
 ):
     """Select a subset with one method and write it with its metadata."""
     from .api import select as _select
 
     params = _parse_params(param, config)
     try:
-        sel = _select(pool, method, budget, store=store, seed=seed, task=task, out=out, compute_missing=compute_missing, **params)
+        sel = _select(pool, method, budget, store=store, seed=seed, task=task, out=out, compute_missing=compute_missing,
+                      oracle_model=oracle_model, oracle_steps=oracle_steps, **params)
     except (KeyError, ValueError) as e:
         _fail(str(e).strip('"'))
     console.print(f"{sel.method}: {len(sel)} of {sel.pool_size} selected (budget {sel.budget}, seed {sel.seed}) -> {out}")
+    if sel.cost:
+        console.print(f"cost: {json.dumps(sel.cost, default=str)}")
     if sel.diagnostics:
         console.print(f"diagnostics: {json.dumps(sel.diagnostics, default=str)[:400]}")
 
