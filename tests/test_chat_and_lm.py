@@ -143,3 +143,22 @@ def test_lm_signal_in_store_matches_direct_computation(micro_scored):
     clean = np.nanmean([loss[i] for i, r in enumerate(pool) if labels[r["id"]] == "clean"])
     off = np.nanmean([loss[i] for i, r in enumerate(pool) if labels[r["id"]] in ("off_task", "off_format")])
     assert off > clean + 0.5
+
+
+def test_vllm_backend_keys_apart_and_truncated_entropy_by_hand():
+    from thresher.signals.lm import LMSignal
+    from thresher.signals.vllm_backend import truncated_entropy_stats, vllm_available
+
+    hf = LMSignal(model="small", backend="hf").key_params()
+    auto = LMSignal(model="small", backend="auto").key_params()
+    vl = LMSignal(model="small", backend="vllm").key_params()
+    assert "backend" not in hf and vl["backend"] == "vllm"
+    assert (auto == vl) if vllm_available() else (auto == hf)  # auto keys as what it resolves to
+    with pytest.raises(ValueError, match="micro"):
+        LMSignal(model="micro", backend="vllm").key_params()
+    # two equally likely tokens: entropy ln 2, varentropy 0; renormalised from unnormalised logprobs
+    h, v = truncated_entropy_stats([math.log(0.2), math.log(0.2)])
+    assert h == pytest.approx(math.log(2)) and v == pytest.approx(0.0, abs=1e-12)
+    # p = (0.5, 0.25, 0.25): H = 1.5 ln 2; Var[-log p] = 0.5*(ln2 - H)^2 + 0.5*(2ln2 - H)^2 = 0.25 (ln 2)^2
+    h, v = truncated_entropy_stats([math.log(0.5), math.log(0.25), math.log(0.25)])
+    assert h == pytest.approx(1.5 * math.log(2)) and v == pytest.approx(0.25 * math.log(2) ** 2)

@@ -209,8 +209,23 @@ class LMSignal(Signal):
         d = self.params.model_dump(mode="json")
         d["warmup_examples"] = effective_warmup(self.params)
         d.pop("token_budget")  # batching does not change values beyond float noise
-        d.pop("backend")
+        # vLLM's entropy / varentropy come from a truncated top-k distribution: its values
+        # never share a cache entry with the exact HF ones ("auto" keys as what it resolves to)
+        if self.resolved_backend() == "vllm":
+            d["backend"] = "vllm"
+        else:
+            d.pop("backend")
         return d
+
+    def resolved_backend(self) -> str:
+        """``hf`` or ``vllm``: ``auto`` takes vLLM when it is installed with CUDA (never for micro)."""
+        if self.params.backend == "auto":
+            from .vllm_backend import vllm_available
+
+            return "vllm" if not is_micro(self.params.model) and vllm_available() else "hf"
+        if self.params.backend == "vllm" and is_micro(self.params.model):
+            raise ValueError("backend=vllm: the micro scorer is trained here and has no vLLM build; use backend=hf")
+        return self.params.backend
 
     def model_id(self) -> str | None:
         return scorer_model_id(self.params, None)
@@ -256,6 +271,12 @@ class LMSignal(Signal):
         self.model = self.loaded.model
         self.model.eval()
         self.vllm = None
+        if self.resolved_backend() == "vllm":
+            from ..models.load import resolve_spec
+            from .vllm_backend import VLLMScorer
+
+            path = prepared.get("artifact_dir") if prepared else None
+            self.vllm = VLLMScorer(path or resolve_spec(self.params.model)[0])
 
     def encode(self, records: list[dict]):
         cond, alone = [], []
