@@ -14,18 +14,23 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
 import pytest
+from fake_openai import ChatEndpoint
 
 from thresher.chat import encode_prompt
 from thresher.engine import read_signal, run_signal
-from thresher.judge_client import JudgeClient, ReplyCache, backoff_delay, jitter_rng, reply_cache_key
+from thresher.judge_client import (
+    JudgeClient,
+    ReplyCache,
+    backoff_delay,
+    jitter_rng,
+    reply_cache_key,
+)
 from thresher.models.load import load_tokenizer
 from thresher.pool import Pool
 from thresher.serve import start_server_in_thread
@@ -237,7 +242,7 @@ def test_backoff_delay_is_equal_jitter_and_seeded():
 # =========================================================================== a scripted real HTTP endpoint
 
 
-class ScriptedEndpoint:
+class ScriptedEndpoint(ChatEndpoint):
     """A real HTTP server whose /v1/chat/completions answers follow a script of status codes.
 
     ``statuses`` are consumed one per POST (then 200). A 200 carries ``content`` as the
@@ -249,42 +254,13 @@ class ScriptedEndpoint:
         self.content = content
         self.retry_after = retry_after
         self.requests: list[tuple[dict, dict]] = []
-        self.lock = threading.Lock()
-        endpoint = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with endpoint.lock:
-                    endpoint.requests.append((dict(self.headers), body))
-                    status = endpoint.statuses.pop(0) if endpoint.statuses else 200
-                if status == 200:
-                    payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": endpoint.content},
-                                            "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}}
-                else:
-                    payload = {"error": {"message": f"scripted {status}", "type": "server_error"}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status != 200 and endpoint.retry_after is not None:
-                    self.send_header("Retry-After", endpoint.retry_after)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, headers: dict, body: dict):
+        self.requests.append((headers, body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        extra = {"Retry-After": self.retry_after} if status != 200 and self.retry_after is not None else {}
+        return status, self.content, extra
 
 
 @pytest.fixture
@@ -448,7 +424,11 @@ def test_cache_survives_a_torn_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from thresher.models.micro import MicroConfig, build_char_tokenizer, build_micro_model
+    from thresher.models.micro import (
+        MicroConfig,
+        build_char_tokenizer,
+        build_micro_model,
+    )
 
     path = tmp_path_factory.mktemp("judge-tiny") / "tiny"
     tok = build_char_tokenizer()

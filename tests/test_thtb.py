@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from fake_openai import ChatEndpoint
 
 from thresher.engine import read_signal, run_signal
 from thresher.pool import Pool
@@ -403,7 +402,7 @@ def test_reward_model_quality(hand_pool, tmp_path):
 # =========================================================================== judge path
 
 
-class RuleJudge:
+class RuleJudge(ChatEndpoint):
     """A real OpenAI-compatible endpoint that answers each judge prompt from a table keyed
     by the query text inside ``<query>``/``<instruction>``; unknown queries get prose
     (a counted ``no_json`` failure)."""
@@ -411,38 +410,14 @@ class RuleJudge:
     def __init__(self, table: dict[str, dict[str, str]]):
         self.table = table
         self.requests = 0
-        judge = self
+        super().__init__(self._respond, usage=(10, 5))
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                system, user = body["messages"][0]["content"], body["messages"][1]["content"]
-                kind = "quality" if system.startswith("You grade") else "bloom" if "Bloom" in system else "disciplines"
-                m = re.search(r"<(?:query|instruction)>\n(.*?)\n</(?:query|instruction)>", user, re.DOTALL)
-                query = m.group(1) if m else ""
-                content = judge.table.get(query, {}).get(kind, "I cannot rate this.")
-                judge.requests += 1
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, headers: dict, body: dict):
+        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+        kind = "quality" if system.startswith("You grade") else "bloom" if "Bloom" in system else "disciplines"
+        m = re.search(r"<(?:query|instruction)>\n(.*?)\n</(?:query|instruction)>", user, re.DOTALL)
+        self.requests += 1
+        return 200, self.table.get(m.group(1) if m else "", {}).get(kind, "I cannot rate this."), {}
 
 
 def _disc(*pairs):

@@ -46,7 +46,7 @@ import numpy as np
 from .engine import run_signal
 from .ledger import CostLedger
 from .oracle import Oracle
-from .pool import Pool, load_pool
+from .pool import load_pool
 from .select.base import Budget, SignalView, make_selector, selector_class
 from .store import SignalStore
 from .train import TrainConfig

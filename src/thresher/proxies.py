@@ -47,6 +47,7 @@ import numpy as np
 from .ledger import CostLedger, LedgerEntry
 from .oracle import ids_digest
 from .progress import progress
+from .signals.geometry import first_seen_labels
 from .tasks.base import DevTask, TaskItem
 
 ProxyMetric = Literal["loglik", "accuracy"]
@@ -87,15 +88,6 @@ class Anchors:
         if dev is not None:
             d["ids"] = [dev[p].id for p in self.positions]
         return d
-
-
-def _relabel_first_seen(labels: np.ndarray) -> np.ndarray:
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first, kind="stable")
-    remap = np.empty(len(first), dtype=np.int64)
-    remap[order] = np.arange(len(first))
-    _, inverse = np.unique(labels, return_inverse=True)
-    return remap[inverse]
 
 
 def medoids(features: np.ndarray, labels: np.ndarray, metric: str = "euclidean") -> list[int]:
@@ -144,7 +136,7 @@ def anchor_points(features: np.ndarray, k: int, *, seed: int = 0, metric: str = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
-        labels = _relabel_first_seen(labels)
+        labels = first_seen_labels(labels)
     pos = medoids(X, labels, metric=metric)
     sizes = np.bincount(labels, minlength=len(pos))
     return Anchors(positions=pos, weights=[float(s) / n for s in sizes], labels=[int(v) for v in labels], by=by, requested=k)
