@@ -272,6 +272,14 @@ def list_selectors() -> list[dict]:
     return [{"name": n, "description": c.description, "params": list(c.Params.model_fields)} for n, c in sorted(SELECTORS.items())]
 
 
+def unique_signals(signals) -> list:
+    """Signals in order, each (name, key params) once: what a method asks the engine to compute."""
+    out: dict[str, object] = {}
+    for sig in signals:
+        out.setdefault(json.dumps([sig.name, sig.key_params()], sort_keys=True, default=str), sig)
+    return list(out.values())
+
+
 def top_by(values: np.ndarray, ids: list[str], k: int, descending: bool = True) -> tuple[list[str], int]:
     """Top-k ids by value (NaN excluded and counted); ties broken by pool order (stable)."""
     v = np.asarray(values, dtype=np.float64)

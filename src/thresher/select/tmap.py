@@ -76,7 +76,7 @@ from ..oracle import ids_digest
 from ..progress import progress
 from ..signals.base import Signal, make_signal, resolve
 from ..signals.lm import LMSignal
-from .base import Selector, SelectorParams, register_selector, top_by
+from .base import Selector, SelectorParams, register_selector, top_by, unique_signals
 from .quality import minmax, quality_source, rank_normalise
 
 DEFAULT_INDICATORS = ("quality", "ifd", "perplexity", "reasoning_steps", "bloom", "diversity", "length")
@@ -250,7 +250,7 @@ class WeightedSelector(Selector):
 
     def required_signals(self):
         labels, _ = self.params.labels_and_weights()
-        return _unique_signals(self.params.resolved(labels))
+        return unique_signals(ind.signal for ind in self.params.resolved(labels))
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
         labels, w = self.params.labels_and_weights()
@@ -258,16 +258,6 @@ class WeightedSelector(Selector):
         ids, n_nan = weighted_top(F, w, pool.ids, k)
         return ids, {"weights": {lab: round(float(x), 6) for lab, x in zip(labels, w)}, "indicators": info,
                      "excluded_nan": n_nan, "shortfall": k - len(ids)}
-
-
-def _unique_signals(indicators: list[Indicator]) -> list[Signal]:
-    out, seen = [], set()
-    for ind in indicators:
-        key = (ind.signal.name, json.dumps(ind.signal.key_params(), sort_keys=True, default=str))
-        if key not in seen:
-            seen.add(key)
-            out.append(ind.signal)
-    return out
 
 
 # --------------------------------------------------------------------------- TMAP
@@ -336,7 +326,7 @@ class TMAPSelector(Selector):
     uses_task = True
 
     def required_signals(self):
-        return _unique_signals(self.params.resolved())
+        return unique_signals(ind.signal for ind in self.params.resolved())
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
         from ..proxies import ICLProxy, make_anchors, tiny_vs_full

@@ -13,12 +13,11 @@ Operators: :mod:`.operators`; optional LLM proposer/ranker: :mod:`.llm`; plots: 
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from ..base import Selector, SelectorParams, register_selector
+from ..base import Selector, SelectorParams, register_selector, unique_signals
 from .operators import (
     OPERATORS,
     RecipeContext,
@@ -129,14 +128,7 @@ class _SearchSelector(Selector):
 
     def required_signals(self):
         p = self.params
-        sigs = library_signals(p.operators, p.signals, p.operator_defaults) + state_signals(p.signals)
-        seen, out = set(), []
-        for s in sigs:
-            key = json.dumps([s.name, s.key_params()], sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
-                out.append(s)
-        return out
+        return unique_signals(library_signals(p.operators, p.signals, p.operator_defaults) + state_signals(p.signals))
 
     def search(self, pool, signals, k, seed, oracle) -> RecipeSearch:
         p = self.params
@@ -206,14 +198,7 @@ class RecipeSelector(Selector):
         return self.params.signals or self.recipe_file.settings or SignalSettings()
 
     def required_signals(self):
-        sigs = self.recipe_file.recipe.required_signals(self.settings) + state_signals(self.settings)
-        seen, out = set(), []
-        for s in sigs:
-            key = json.dumps([s.name, s.key_params()], sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
-                out.append(s)
-        return out
+        return unique_signals(self.recipe_file.recipe.required_signals(self.settings) + state_signals(self.settings))
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
         ctx = RecipeContext(pool, signals, self.settings)
