@@ -211,7 +211,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     quick: bool = typer.Option(False, help="one seed, fewer methods, shorter training (under 3 minutes)"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1; quick: 0)"),
-    workers: int = typer.Option(1, help="parallel fine-tuning processes"),
+    workers: Optional[int] = typer.Option(None, help="parallel fine-tuning processes (default: 2 on a machine with 2+ cores)"),
     steps: Optional[int] = typer.Option(None, help="fine-tuning steps per run"),
 ):
     """Select 30% of the arith pool with each method, fine-tune, score, and print the table."""

@@ -18,7 +18,7 @@ import numpy as np
 from .engine import run_signal
 from .ledger import CostLedger
 from .oracle import Oracle
-from .select.base import Budget, SignalView, make_selector
+from .select.base import Budget, SignalView, make_selector, selector_class, unique_signals
 from .signals.base import make_signal
 from .store import SignalStore
 from .tasks.arith import ArithConfig, ArithTestbed, defect_counts
@@ -50,6 +50,8 @@ class DemoConfig:
             ("topk-loss-low", "topk", {"signal": "loss", "direction": "low"}),
             ("topk-loss-high", "topk", {"signal": "loss", "direction": "high"}),
             ("topk-answer-len", "topk", {"signal": "tokens_answer", "direction": "high"}),
+            ("dsir", "dsir", {}),
+            ("thtb", "thtb", {}),
         ]
 
     @classmethod
@@ -61,13 +63,17 @@ class DemoConfig:
         base.update({k: v for k, v in kw.items() if v is not None})
         if seeds:
             base["seeds"] = seeds
-        if workers is None:
-            workers = 1
+        if workers is None:  # the micro model is too small to use two threads well: two runs at once instead
+            workers = max(1, min(2, os.cpu_count() or 1))
         return cls(out=Path(out), quick=quick, workers=workers, **base)
 
 
-def _scorer_params(cfg: DemoConfig) -> dict:
-    return {"scorer": "micro", "scorer_warmup": cfg.scorer_warmup, "scorer_warmup_steps": cfg.scorer_warmup_steps}
+def _with_scorer(method: str, params: dict, cfg: DemoConfig) -> dict:
+    """Methods with a scorer read the demo's warmed micro scorer."""
+    p = dict(params)
+    if "scorer" in selector_class(method).Params.model_fields:
+        p.update(scorer="micro", scorer_warmup=cfg.scorer_warmup, scorer_warmup_steps=cfg.scorer_warmup_steps)
+    return p
 
 
 def run_demo(cfg: DemoConfig, console=None) -> list[dict]:
@@ -88,12 +94,14 @@ def run_demo(cfg: DemoConfig, console=None) -> list[dict]:
 
     # 2. signals
     store = SignalStore(out / "store")
-    lm_sig = make_signal("lm", model="micro", warmup_examples=cfg.scorer_warmup, warmup_steps=cfg.scorer_warmup_steps)
+    selectors = {label: make_selector(method, **_with_scorer(method, params, cfg)) for label, method, params in cfg.methods()}
+    needed = unique_signals([make_signal("text", model="micro")] + [s for sel in selectors.values() for s in sel.required_signals()])
     t0 = time.perf_counter()
-    for sig in (make_signal("text", model="micro"), lm_sig):
+    for sig in needed:
         run_signal(sig, pool, store)
     signal_seconds = time.perf_counter() - t0
-    console.print(f"signals: text, lm (micro scorer warmed on {cfg.scorer_warmup} random pool examples) in {signal_seconds:.0f}s")
+    console.print(f"signals: {', '.join(dict.fromkeys(s.name for s in needed))} (micro scorer warmed on {cfg.scorer_warmup} "
+                  f"random pool examples) in {signal_seconds:.0f}s")
 
     # 3. selections (dev-only view of the task)
     view = SignalView(pool, store)
@@ -104,10 +112,7 @@ def run_demo(cfg: DemoConfig, console=None) -> list[dict]:
     sel_dir = out / "selections"
     for seed in cfg.seeds:
         for label, method, params in cfg.methods():
-            p = dict(params)
-            if method in ("ifd", "topk"):
-                p.update(_scorer_params(cfg))
-            sel = make_selector(method, **p).select(pool, view, budget, task=task.dev_view(), seed=seed)
+            sel = selectors[label].select(pool, view, budget, task=task.dev_view(), seed=seed)
             sel.save(sel_dir / f"{label}-s{seed}.jsonl", pool)
             plans.append((label, method, params, seed, sel.ids, sel.seconds, False))
         plans.append(("full", "full", {}, seed, pool.ids, 0.0, False))
