@@ -76,6 +76,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ..signals.base import Signal, make_signal
+from ..signals.text import irei_lengths
 from .base import Selector, register_selector
 from .baselines import ScorerParams
 
@@ -203,27 +204,17 @@ def _length_ratio(li: np.ndarray, lr: np.ndarray) -> np.ndarray:
     return np.divide(lr, li, out=np.zeros_like(lr), where=li > 0)
 
 
-def _lengths(len_inst, len_resp) -> tuple[np.ndarray, np.ndarray]:
-    li = np.asarray(len_inst, dtype=np.float64)
-    lr = np.asarray(len_resp, dtype=np.float64)
-    if li.shape != lr.shape or li.ndim != 1:
-        raise ValueError(f"irei: len_inst {li.shape} and len_resp {lr.shape} must be 1-d and of one length")
-    if (li < 0).any() or (lr < 0).any():
-        raise ValueError("irei: lengths must be non-negative")
-    return li, lr
-
-
 def irei_reference(len_inst, len_resp) -> np.ndarray:
     """Reference-code IREI: ``(minmax(L_inst + L_resp) + minmax(L_resp / L_inst)) / 2``,
     a constant column -> 0.5, the ratio 0 for an empty instruction."""
-    li, lr = _lengths(len_inst, len_resp)
+    li, lr = irei_lengths(len_inst, len_resp)
     return (minmax_with(li + lr, 0.5) + minmax_with(_length_ratio(li, lr), 0.5)) / 2.0
 
 
 def irei_paper(len_inst, len_resp) -> np.ndarray:
     """Paper IREI: ``minmax(L_inst + L_resp) + L_resp / L_inst`` (the ratio is not
     normalised; constant length sums -> 0; the ratio 0 for an empty instruction)."""
-    li, lr = _lengths(len_inst, len_resp)
+    li, lr = irei_lengths(len_inst, len_resp)
     return minmax_with(li + lr, 0.0) + _length_ratio(li, lr)
 
 

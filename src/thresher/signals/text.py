@@ -192,6 +192,17 @@ def minmax(values: np.ndarray) -> np.ndarray:
     return (v - lo) / (hi - lo)
 
 
+def irei_lengths(len_inst, len_resp) -> tuple[np.ndarray, np.ndarray]:
+    """Instruction and response lengths as float arrays, checked: 1-d, one length, non-negative."""
+    li = np.asarray(len_inst, dtype=np.float64)
+    lr = np.asarray(len_resp, dtype=np.float64)
+    if li.shape != lr.shape or li.ndim != 1:
+        raise ValueError(f"irei: len_inst and len_resp must be 1-d and of one length, got {li.shape} and {lr.shape}")
+    if (li < 0).any() or (lr < 0).any():
+        raise ValueError("irei: lengths must be non-negative")
+    return li, lr
+
+
 def irei_scores(len_inst, len_resp) -> np.ndarray:
     """THTB's instruction-response expansion index (reference-code form).
 
@@ -200,12 +211,7 @@ def irei_scores(len_inst, len_resp) -> np.ndarray:
     constant equal to 0. Pass the lengths of the set you normalise over (the pool, or a
     THTB stage).
     """
-    li = np.asarray(len_inst, dtype=np.float64)
-    lr = np.asarray(len_resp, dtype=np.float64)
-    if li.shape != lr.shape or li.ndim != 1:
-        raise ValueError(f"irei_scores: len_inst and len_resp must be 1-d and of one length, got {li.shape} and {lr.shape}")
-    if (li < 0).any() or (lr < 0).any():
-        raise ValueError("irei_scores: lengths must be non-negative")
+    li, lr = irei_lengths(len_inst, len_resp)
     ratio = np.divide(lr, li, out=np.zeros_like(lr), where=li > 0)
     return (minmax(li + lr) + minmax(ratio)) / 2.0
 

@@ -53,12 +53,7 @@ def plot_search_trace(lines: list[dict], path: str | os.PathLike, title: str = "
     from matplotlib.ticker import MaxNLocator
 
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_best_so_far(curves: dict[str, list[list[float]]], path: str | os.PathLike, title: str = "best so far",
@@ -86,6 +81,12 @@ def plot_best_so_far(curves: dict[str, list[list[float]]], path: str | os.PathLi
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
