@@ -51,6 +51,12 @@ def plot_accuracy_vs_budget(summary: list[dict], n_pool: int | None) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("budget (fraction of the pool, log scale)")
     ax.set_ylabel("test accuracy (mean over seeds, ±1 sd)")
+    return _finish_accuracy_plot(fig, ax)
+
+
+def _finish_accuracy_plot(fig, ax) -> str:
+    import matplotlib.pyplot as plt
+
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
@@ -73,13 +79,7 @@ def plot_quality_vs_cost(summary: list[dict]) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("oracle runs per selection (incl. the final one; + proxy calls / 100)")
     ax.set_ylabel("test accuracy (mean over seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = _png_b64(fig)
-    plt.close(fig)
-    return out
+    return _finish_accuracy_plot(fig, ax)
 
 
 CSS = """
