@@ -72,3 +72,33 @@ def micro_scored(arith_small, tmp_path_factory):
     for s in (text, lm):
         run_signal(s, pool, store, show_progress=False)
     return pool, task, labels, store, lm, text
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory) -> str:
+    """A 2-layer LlamaForCausalLM over the micro character tokenizer (4096 positions) that never
+    emits EOS, so every completion runs to max_tokens: a real model for server and judge tests."""
+    from thresher.models.micro import (
+        MicroConfig,
+        build_char_tokenizer,
+        build_micro_model,
+    )
+
+    path = tmp_path_factory.mktemp("tiny-chat") / "tiny"
+    tok = build_char_tokenizer()
+    model = build_micro_model(tok, MicroConfig(max_position_embeddings=4096), seed=0)
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op thread while a module's tiny-model server runs: generation stays fast and steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

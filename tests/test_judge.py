@@ -422,33 +422,6 @@ def test_cache_survives_a_torn_line(tmp_path):
 # =========================================================================== thresher serve over a tiny real model
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from thresher.models.micro import (
-        MicroConfig,
-        build_char_tokenizer,
-        build_micro_model,
-    )
-
-    path = tmp_path_factory.mktemp("judge-tiny") / "tiny"
-    tok = build_char_tokenizer()
-    model = build_micro_model(tok, MicroConfig(max_position_embeddings=4096), seed=0)
-    model.generation_config.eos_token_id = None  # replies always run to max_tokens
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CPU: keeps tiny-model generation steady
-    yield
-    torch.set_num_threads(before)
-
-
 def _health(url: str) -> dict:
     return httpx.get(url[: -len("/v1")] + "/health").json()
 
@@ -461,10 +434,10 @@ def alpaca_pool(shared_data):
     return Pool(records, name="alpaca6+inj")
 
 
-def test_tiny_model_server_all_replies_are_counted_failures(tiny_model_dir, one_thread, alpaca_pool, tmp_path):
-    url, stop = start_server_in_thread(tiny_model_dir, served_name="tiny")
+def test_tiny_model_server_all_replies_are_counted_failures(tiny_chat_model_dir, torch_one_thread, alpaca_pool, tmp_path):
+    url, stop = start_server_in_thread(tiny_chat_model_dir, served_name="tiny")
     try:
-        tok = load_tokenizer(tiny_model_dir)
+        tok = load_tokenizer(tiny_chat_model_dir)
         n = len(alpaca_pool)
         for cls in (JudgeQuality, JudgeBloom, JudgeDisciplines):
             sig = cls(url=url, model="tiny", max_tokens=24, concurrency=3, cache_dir=str(tmp_path / "cache"))
@@ -493,10 +466,10 @@ def test_tiny_model_server_all_replies_are_counted_failures(tiny_model_dir, one_
         stop()
 
 
-def test_client_concurrency_limit_is_respected_by_the_server_counter(tiny_model_dir, one_thread):
+def test_client_concurrency_limit_is_respected_by_the_server_counter(tiny_chat_model_dir, torch_one_thread):
     msgs = [[{"role": "user", "content": f"Count to {i}."}] for i in range(6)]
     for concurrency, n_requests in ((2, 6), (5, 5)):
-        url, stop = start_server_in_thread(tiny_model_dir, served_name="tiny")
+        url, stop = start_server_in_thread(tiny_chat_model_dir, served_name="tiny")
         try:
             client = JudgeClient(url, "tiny", concurrency=concurrency, timeout=60)
             outs = client.complete_many([(f"k{i}", m) for i, m in enumerate(msgs[:n_requests])], max_tokens=60)

@@ -15,37 +15,9 @@ from thresher.models.load import load_tokenizer
 from thresher.serve import start_server_in_thread
 
 
-def save_tiny_chat_model(path, seed: int = 0) -> str:
-    """A 2-layer LlamaForCausalLM over the micro character tokenizer, 4096 positions, no EOS."""
-    from thresher.models.micro import MicroConfig, build_char_tokenizer, build_micro_model
-
-    tok = build_char_tokenizer()
-    model = build_micro_model(tok, MicroConfig(max_position_embeddings=4096), seed=seed)
-    model.generation_config.eos_token_id = None  # never stops early: completion_tokens == max_tokens
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def torch_one_thread():
-    """The CPU is shared with other jobs: one intra-op thread keeps tiny-model generation fast and steady."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_server(tiny_dir, torch_one_thread):
-    url, stop = start_server_in_thread(tiny_dir, port=0, api_key_env="THRESHER_TEST_NO_SUCH_KEY_VAR")
+def tiny_server(tiny_chat_model_dir, torch_one_thread):
+    url, stop = start_server_in_thread(tiny_chat_model_dir, port=0, api_key_env="THRESHER_TEST_NO_SUCH_KEY_VAR")
     name = httpx.get(url + "/models").json()["data"][0]["id"]
     yield url, name
     stop()
@@ -58,7 +30,7 @@ def _chat(url, **body):
 MESSAGES = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "What is 2+3?"}]
 
 
-def test_models_and_health(tiny_server, tiny_dir):
+def test_models_and_health(tiny_server, tiny_chat_model_dir):
     url, name = tiny_server
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
     models = httpx.get(url + "/models").json()
@@ -71,7 +43,7 @@ def test_models_and_health(tiny_server, tiny_dir):
     assert health["status"] == "ok" and health["model"] == name and health["batching"] == "serialised"
 
 
-def test_chat_completion_schema_and_exact_usage(tiny_server, tiny_dir):
+def test_chat_completion_schema_and_exact_usage(tiny_server, tiny_chat_model_dir):
     url, name = tiny_server
     r = _chat(url, model=name, messages=MESSAGES, max_tokens=7, temperature=0, response_format={"type": "json_object"})
     assert r.status_code == 200, r.text
@@ -83,7 +55,7 @@ def test_chat_completion_schema_and_exact_usage(tiny_server, tiny_dir):
     assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
     assert isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] == "length"  # no EOS in this model: it runs to max_tokens
-    prompt_len = len(encode_prompt(load_tokenizer(tiny_dir), MESSAGES))  # counted independently of the server
+    prompt_len = len(encode_prompt(load_tokenizer(tiny_chat_model_dir), MESSAGES))  # counted independently of the server
     assert body["usage"] == {"prompt_tokens": prompt_len, "completion_tokens": 7, "total_tokens": prompt_len + 7}
 
 
@@ -137,9 +109,9 @@ def test_requests_counted(tiny_server):
     assert after["in_flight"] == 0
 
 
-def test_api_key_required_when_set(tiny_dir, torch_one_thread, monkeypatch):
+def test_api_key_required_when_set(tiny_chat_model_dir, torch_one_thread, monkeypatch):
     monkeypatch.setenv("THRESHER_SERVE_KEY", "serve-secret-123")
-    url, stop = start_server_in_thread(tiny_dir)
+    url, stop = start_server_in_thread(tiny_chat_model_dir)
     try:
         name = "tiny"  # any name: the key is checked first
         assert httpx.get(url + "/models").status_code == 401
@@ -159,8 +131,8 @@ def test_api_key_required_when_set(tiny_dir, torch_one_thread, monkeypatch):
         httpx.get(url + "/models", timeout=2)
 
 
-def test_served_name_override(tiny_dir, torch_one_thread):
-    url, stop = start_server_in_thread(tiny_dir, served_name="judge-tiny")
+def test_served_name_override(tiny_chat_model_dir, torch_one_thread):
+    url, stop = start_server_in_thread(tiny_chat_model_dir, served_name="judge-tiny")
     try:
         assert httpx.get(url + "/models").json()["data"][0]["id"] == "judge-tiny"
         r = _chat(url, model="judge-tiny", messages=MESSAGES, max_tokens=2, temperature=0)

@@ -477,30 +477,16 @@ def test_judge_path_end_to_end_hand_computed(hand_pool, tmp_path, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore:Number of distinct clusters")
-def test_judge_failures_from_a_real_model_server_are_counted(hand_pool, tmp_path, monkeypatch):
+def test_judge_failures_from_a_real_model_server_are_counted(hand_pool, tmp_path, monkeypatch, tiny_chat_model_dir,
+                                                              torch_one_thread):
     """``thresher serve`` over a tiny random model: every Bloom/disciplines reply fails to parse.
 
     THTB then has no IHS for anyone: with ``rank_last`` stage 2 keeps the stage-1 order
     (deterministically), with ``exclude`` nothing survives (shortfall = k)."""
-    import torch
-
-    from thresher.models.micro import (
-        MicroConfig,
-        build_char_tokenizer,
-        build_micro_model,
-    )
     from thresher.serve import start_server_in_thread
 
     monkeypatch.setenv("THRESHER_CACHE", str(tmp_path / "cache"))
-    tok = build_char_tokenizer()
-    model = build_micro_model(tok, MicroConfig(max_position_embeddings=4096), seed=0)
-    model.generation_config.eos_token_id = None
-    path = tmp_path / "tiny"
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    url, stop = start_server_in_thread(str(path), served_name="tiny")
+    url, stop = start_server_in_thread(tiny_chat_model_dir, served_name="tiny")
     try:
         kw = {"quality": "chars_answer", "bloom": "judge", "ic": "judge", "judge_url": url, "judge_model": "tiny",
                   "judge_params": {"max_tokens": 16, "concurrency": 2, "cache_dir": str(tmp_path / "replies")},
@@ -517,7 +503,6 @@ def test_judge_failures_from_a_real_model_server_are_counted(hand_pool, tmp_path
         excl = make_selector("thtb", on_missing="exclude", **kw).select(hand_pool, SignalView(hand_pool, store), 2)
     finally:
         stop()
-        torch.set_num_threads(before)
     _s1, s2, _s3 = res.diagnostics["stages"]
     assert s2["bloom_judge_failed"] == 6 and s2["ic_judge_failed"] == 6 and s2["missing_ihs"] == 6
     assert s2["scores_in"] == {"n": 0} and s2["top"] == [] and s2["cutoff"] is None
