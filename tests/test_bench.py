@@ -49,6 +49,10 @@ def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
     # dev-reading settings follow the bench's target task
     assert built["tmap"].params.relevance_task_params == {"pool_size": 2000, "dev_size": 200, "test_size": 400}
     assert built["autoselection"].params.signals.task_params == built["tmap"].params.relevance_task_params
+    # the bench scorer reaches IFD, but Superfiltering keeps its weak scorer (else it is IFD again)
+    assert built["ifd"].params.scorer == cfg.scorer["model"] == "micro"
+    assert built["superfiltering"].params.scorer == "micro-tiny"
+    assert built["superfiltering"].required_signals()[0].key_params() != built["ifd"].required_signals()[0].key_params()
 
 
 def test_paired_bootstrap_on_hand_cases():

@@ -177,7 +177,9 @@ def _inject(cls_params, params: dict, cfg: BenchConfig) -> dict:
     fields = cls_params.model_fields
     p = dict(params)
     sc = cfg.scorer
-    if "scorer" in fields and "scorer" not in p and "model" in sc:
+    # Superfiltering's weak scorer is the method itself: the bench's scorer never replaces it
+    own_scorer = getattr(cls_params, "weak_scorer", False)
+    if "scorer" in fields and "scorer" not in p and "model" in sc and not own_scorer:
         p["scorer"] = sc["model"]
     if "scorer_warmup" in fields and "scorer_warmup" not in p and "warmup_examples" in sc:
         p["scorer_warmup"] = sc["warmup_examples"]

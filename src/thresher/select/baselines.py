@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -107,6 +107,8 @@ class SuperfilteringSelector(IFDSelector):
     description = "Superfiltering: Cherry IFD computed with a much smaller model than the target (default micro-tiny)"
 
     class Params(IFDParams):
+        # a bench's shared scorer never replaces this one: a weak scorer is the method
+        weak_scorer: ClassVar[bool] = True
         scorer: str = Field("micro-tiny", description="the weak scorer (micro-tiny, gpt2, ...): smaller than the target")
 
 
