@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ref-n", type=int, default=500, help="examples for the batch-1 reference (the same first ones)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=None, help="padded tokens per batch (default: the signal's own, 1024 on CPU)")
     ap.add_argument("--data", default=os.environ.get("THRESHER_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)

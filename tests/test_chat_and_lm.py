@@ -82,8 +82,11 @@ def _hf_loss(model, ids, mask):
         return float(model(input_ids=x, labels=labels).loss)
 
 
-def test_batched_signals_equal_per_example_computation(micro):
+@pytest.mark.parametrize("head_chunk", [None, 5])
+def test_batched_signals_equal_per_example_computation(micro, monkeypatch, head_chunk):
     tok, model = micro
+    if head_chunk:  # the LM head and its statistics in blocks of 5 answer positions
+        monkeypatch.setattr("thresher.signals.lm.HEAD_CHUNK", head_chunk)
     records = [
         {"messages": CONV},
         {"messages": CONV[1:3]},

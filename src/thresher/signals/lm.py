@@ -42,7 +42,7 @@ class LMParams(SignalParams):
     warmup_steps: int = Field(250, ge=1, description="steps of that warm-up")
     warmup_seed: int = 0
     max_length: int = Field(512, ge=8)
-    token_budget: int = Field(8192, ge=64, description="max padded tokens per forward batch")
+    token_budget: int | None = Field(None, ge=64, description="max padded tokens per forward batch (default: 1024 on CPU, where small blocks stay in cache, 16384 on GPU)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     backend: Literal["auto", "hf", "vllm"] = "auto"
 
@@ -124,6 +124,11 @@ def _head_parts(model):
     return dec, head
 
 
+CPU_TOKEN_BUDGET = 1024   # 2-core AVX2 box: ~1.25x the tokens/s of 8192 (docs/results/signals.md)
+GPU_TOKEN_BUDGET = 16384
+HEAD_CHUNK = 128  # answer positions per LM-head block (128 x 49K vocab x 4 B = 25 MB)
+
+
 def token_stats(logits, targets):
     """Per-position CE, entropy and varentropy from [N, V] logits and [N] targets (float64 out)."""
     import torch
@@ -173,19 +178,23 @@ def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id
                     tmask[r, : len(s) - 1] = torch.tensor(m[1:], dtype=torch.bool)
             ids, att, tmask = ids.to(device), att.to(device), tmask.to(device)
             targets = torch.roll(ids, shifts=-1, dims=1)[tmask]
+            if not int(tmask.sum()):
+                continue
             if parts is not None:
                 dec, head = parts
-                hidden = dec(input_ids=ids, attention_mask=att).last_hidden_state
-                logits = head(hidden[tmask])
+                hidden = dec(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[tmask]
+                # head + statistics in row chunks: a [rows, vocab] block stays cache-sized
+                stats = [token_stats(head(hidden[j: j + HEAD_CHUNK]), targets[j: j + HEAD_CHUNK])
+                         for j in range(0, hidden.shape[0], HEAD_CHUNK)]
+                ce, ent, var = (torch.cat(c) for c in zip(*stats))
             else:
-                logits = model(input_ids=ids, attention_mask=att).logits[tmask]
-            if logits.shape[0]:
+                logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[tmask]
                 ce, ent, var = token_stats(logits, targets)
-                row = tmask.nonzero()[:, 0].cpu().numpy()
-                vals = torch.stack([ce, ent, var], dim=1).cpu().numpy()
-                idx = np.asarray(b)[row]
-                np.add.at(sums, idx, vals)
-                np.add.at(counts, idx, 1)
+            row = tmask.nonzero()[:, 0].cpu().numpy()
+            vals = torch.stack([ce, ent, var], dim=1).cpu().numpy()
+            idx = np.asarray(b)[row]
+            np.add.at(sums, idx, vals)
+            np.add.at(counts, idx, 1)
     return sums, counts
 
 
@@ -278,6 +287,11 @@ class LMSignal(Signal):
             path = prepared.get("artifact_dir") if prepared else None
             self.vllm = VLLMScorer(path or resolve_spec(self.params.model)[0])
 
+    def token_budget(self) -> int:
+        if self.params.token_budget is not None:
+            return self.params.token_budget
+        return CPU_TOKEN_BUDGET if next(self.model.parameters()).device.type == "cpu" else GPU_TOKEN_BUDGET
+
     def encode(self, records: list[dict]):
         cond, alone = [], []
         for r in records:
@@ -293,7 +307,7 @@ class LMSignal(Signal):
         if self.vllm is not None:
             sums, counts = self.vllm.answer_stats(cond + alone)
         else:
-            sums, counts = batched_answer_stats(self.model, cond + alone, pad, self.params.token_budget)
+            sums, counts = batched_answer_stats(self.model, cond + alone, pad, self.token_budget())
         n = len(records)
         return lm_columns(sums[:n], counts[:n], sums[n:], counts[n:])
 
