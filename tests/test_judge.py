@@ -40,6 +40,7 @@ from thresher.signals.judge import (
     JudgeBloom,
     JudgeDisciplines,
     JudgeQuality,
+    JudgeSignal,
     ReplyRejected,
     extract_json_object,
     neutralise_delimiters,
@@ -139,6 +140,15 @@ def test_bloom_rejected(obj, reason):
     with pytest.raises(ReplyRejected) as e:
         parse_bloom(obj)
     assert e.value.reason == reason
+
+
+def test_a_judge_signal_without_its_reply_parser_cannot_be_built():
+    class Incomplete(JudgeSignal):
+        name = "incomplete_judge"
+        columns = ("x",)
+
+    with pytest.raises(TypeError, match="interpret"):
+        Incomplete()
 
 
 def test_disciplines_parsing():

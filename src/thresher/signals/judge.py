@@ -56,6 +56,7 @@ cost-ledger entry.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import logging
@@ -335,7 +336,7 @@ class DisciplinesParams(JudgeParams):
     max_tokens: int = Field(512, ge=1, le=32768, description="reply length limit; a cut-off JSON object is a counted failure")
 
 
-class JudgeSignal(Signal):
+class JudgeSignal(Signal, abc.ABC):
     """Shared machinery: render -> cache lookup -> concurrent calls -> strict parse -> columns."""
 
     scope: ClassVar[str] = "example"
@@ -400,9 +401,9 @@ class JudgeSignal(Signal):
         """The chat messages sent for one example: the fixed system prompt + the delimited example."""
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.render_user(record)}]
 
+    @abc.abstractmethod
     def interpret(self, obj: dict) -> dict[str, Any]:
         """The parsed reply object -> this signal's column values (raises :class:`ReplyRejected`)."""
-        raise NotImplementedError(f"{type(self).__name__} must define interpret()")
 
     def failure_row(self) -> dict[str, Any]:
         """Column values of a failed example: NaN (empty string for text columns) and the failed flag set."""
