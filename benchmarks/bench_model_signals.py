@@ -6,9 +6,11 @@ perplexity, a conditioned + an answer-alone pass for IFD, one pass for token ent
 and one for varentropy (5 passes per example). thresher computes every column from two
 passes (conditioned, answer alone) in length-sorted dynamic batches.
 
-Printed: values agree (max |diff| per column, must be <= 1e-4), tokens/s of both, the
-machine's roofline (measured fp32 matmul FLOP/s / (2 x parameters) tokens/s) and the
-fraction of it thresher reaches, and the end-to-end speed ratio.
+Printed: how far the values are apart (max |diff| per column) and how far each is from
+the same statistics of the reference's logits taken in float64 (thresher's must be
+<= 1e-4), tokens/s of both, the machine's roofline (measured fp32 matmul FLOP/s /
+(2 x parameters) tokens/s, measured before and after thresher's run, the higher counts)
+and the fraction of it thresher reaches, and the end-to-end speed ratio.
 
     python benchmarks/bench_model_signals.py [--n 500] [--ref-n 500] [--threads 2]
 
@@ -49,30 +51,48 @@ def matmul_flops(threads: int, n: int = 2048, seconds: float = 8.0) -> float:
 
 
 def reference_loop(model, tokenizer, records, max_length: int):
-    """Batch size 1, one forward pass per signal, full logits: (columns, tokens processed, seconds)."""
+    """Batch size 1, one forward pass per signal, full logits.
+
+    Returns (columns, exact columns, tokens processed, seconds). The timed columns are
+    computed in float32, as such scripts do. The exact columns are the same statistics
+    of the same logits in float64, computed on the side and left out of the timing: they
+    are what both fp32 computations are checked against.
+    """
     import torch
 
     from thresher.chat import encode_answer_alone, encode_conversation
     from thresher.progress import progress
 
-    def stats(ids, mask, what):
-        x = torch.tensor([ids])
-        with torch.inference_mode():
-            logits = model(input_ids=x).logits[0, :-1].float()
-        tgt = torch.tensor(ids[1:])
-        m = torch.tensor(mask[1:], dtype=torch.bool)
-        if not m.any():
-            return float("nan")
-        logp = torch.log_softmax(logits[m], -1)
+    untimed = 0.0
+
+    def formula(logits, tgt, what):
+        logp = torch.log_softmax(logits, -1)
         if what == "ce":
-            return float(-logp.gather(-1, tgt[m][:, None]).mean())
+            return float(-logp.gather(-1, tgt[:, None]).mean())
         p = logp.exp()
         h = -(p * logp).sum(-1)
         if what == "entropy":
             return float(h.mean())
         return float((p * (logp + h[:, None]) ** 2).sum(-1).mean())
 
-    out = {k: [] for k in ("loss", "loss_alone", "ifd", "entropy", "varentropy")}
+    def stats(ids, mask, what):
+        nonlocal untimed
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            logits = model(input_ids=x).logits[0, :-1].float()
+        tgt = torch.tensor(ids[1:])
+        m = torch.tensor(mask[1:], dtype=torch.bool)
+        if not m.any():
+            return float("nan"), float("nan")
+        value = formula(logits[m], tgt[m], what)
+        t = time.perf_counter()
+        exact = formula(logits[m].double(), tgt[m], what)
+        untimed += time.perf_counter() - t
+        return value, exact
+
+    keys = ("loss", "loss_alone", "ifd", "entropy", "varentropy")
+    out = {k: [] for k in keys}
+    exact = {k: [] for k in keys}
     tokens = 0
     t0 = time.perf_counter()
     with progress(total=len(records), desc="reference batch-1 loop") as bar:
@@ -85,13 +105,15 @@ def reference_loop(model, tokenizer, records, max_length: int):
             ent = stats(c.input_ids, c.answer_mask, "entropy")                  # entropy pass
             var = stats(c.input_ids, c.answer_mask, "varentropy")               # varentropy pass
             tokens += 4 * len(c.input_ids) + len(a.input_ids)
-            out["loss"].append(loss)
-            out["loss_alone"].append(ifd_a)
-            out["ifd"].append(ifd_c / ifd_a if ifd_a > 0 else float("nan"))
-            out["entropy"].append(ent)
-            out["varentropy"].append(var)
+            for j, col in enumerate((out, exact)):
+                col["loss"].append(loss[j])
+                col["loss_alone"].append(ifd_a[j])
+                col["ifd"].append(ifd_c[j] / ifd_a[j] if ifd_a[j] > 0 else float("nan"))
+                col["entropy"].append(ent[j])
+                col["varentropy"].append(var[j])
             bar.update(1)
-    return {k: np.array(v) for k, v in out.items()}, tokens, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - untimed
+    return {k: np.array(v) for k, v in out.items()}, {k: np.array(v) for k, v in exact.items()}, tokens, seconds
 
 
 def main(argv=None) -> dict:
@@ -115,11 +137,10 @@ def main(argv=None) -> dict:
     pool, _ = load_pool(Path(args.data) / "alpaca" / "alpaca_5000.json", on_error="skip", rejects_path="/tmp/bench-alpaca-rejects.jsonl")
     records = [pool[i] for i in range(args.n)]
 
-    flops = matmul_flops(args.threads)
+    flops_before = matmul_flops(args.threads)
     sig = LMSignal(model="small", max_length=args.max_length, token_budget=args.token_budget)
     sig.ensure_setup()
     n_params = sum(p.numel() for p in sig.model.parameters())
-    roofline = flops / (2 * n_params)
 
     # thresher: 2 passes per example, batched
     real_tokens = sum(len(encode_conversation(sig.tokenizer, r["messages"], args.max_length).input_ids)
@@ -129,24 +150,33 @@ def main(argv=None) -> dict:
     ours = sig.compute(records)
     t_ours = time.perf_counter() - t0
     tps_ours = real_tokens / t_ours
+    # the machine's speed drifts: measure the matmul again and keep the faster (stricter) figure
+    flops_after = matmul_flops(args.threads)
+    flops = max(flops_before, flops_after)
+    roofline = flops / (2 * n_params)
 
-    ref, ref_tokens, t_ref = reference_loop(sig.model, sig.tokenizer, records[: args.ref_n], args.max_length)
+    ref, exact, ref_tokens, t_ref = reference_loop(sig.model, sig.tokenizer, records[: args.ref_n], args.max_length)
     tps_ref = ref_tokens / t_ref
     m = args.ref_n
     diffs = {k: float(np.nanmax(np.abs(ours[k][:m] - ref[k]))) for k in ref}
+    err_ours = {k: float(np.nanmax(np.abs(ours[k][:m] - exact[k]))) for k in exact}
+    err_ref = {k: float(np.nanmax(np.abs(ref[k] - exact[k]))) for k in exact}
     # end-to-end: time to compute all model signals for the same examples
     t_ours_same = t_ours * m / args.n
     fig = {
         "examples": args.n, "reference_examples": m, "threads": args.threads, "params": n_params,
-        "matmul_gflops": flops / 1e9, "roofline_tokens_per_s": roofline,
+        "matmul_gflops": flops / 1e9, "matmul_gflops_before_after": [flops_before / 1e9, flops_after / 1e9],
+        "roofline_tokens_per_s": roofline,
         "thresher_tokens": real_tokens, "thresher_seconds": t_ours, "thresher_tokens_per_s": tps_ours,
         "thresher_roofline_fraction": tps_ours / roofline,
         "reference_tokens": ref_tokens, "reference_seconds": t_ref, "reference_tokens_per_s": tps_ref,
         "reference_roofline_fraction": tps_ref / roofline,
         "forward_passes_per_example": {"thresher": 2, "reference": 5},
         "end_to_end_speedup": t_ref / t_ours_same, "max_abs_diff": diffs,
+        "max_abs_error_vs_float64": {"thresher": err_ours, "reference": err_ref},
     }
-    print(f"machine: {flops / 1e9:.0f} GFLOP/s fp32 matmul ({args.threads} threads); SmolLM2 {n_params / 1e6:.1f}M params "
+    print(f"machine: {flops / 1e9:.0f} GFLOP/s fp32 matmul ({args.threads} threads; {flops_before / 1e9:.0f} before, "
+          f"{flops_after / 1e9:.0f} after thresher's run, the higher one counts); SmolLM2 {n_params / 1e6:.1f}M params "
           f"-> roofline {roofline:.0f} tokens/s")
     print(f"thresher (2 batched passes):  {real_tokens} tokens in {t_ours:.1f}s = {tps_ours:.0f} tokens/s "
           f"= {100 * tps_ours / roofline:.0f}% of roofline")
@@ -155,12 +185,15 @@ def main(argv=None) -> dict:
     print(f"end-to-end, all model signals for {m} examples: reference {t_ref:.1f}s vs thresher {t_ours_same:.1f}s "
           f"-> {t_ref / t_ours_same:.1f}x")
     print("max |thresher - reference| per column: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    ok = all(v <= 1e-4 for v in diffs.values())
-    print("values equal to 1e-4:", "yes" if ok else "NO")
+    print("max error vs the same statistics in float64, thresher: " + ", ".join(f"{k} {v:.2e}" for k, v in err_ours.items()))
+    print("max error vs the same statistics in float64, reference: " + ", ".join(f"{k} {v:.2e}" for k, v in err_ref.items()))
+    ok = all(v <= 1e-4 for v in err_ours.values())
+    print("thresher's values equal to 1e-4 (vs float64):", "yes" if ok else "NO")
+    fig["values_equal_1e-4"] = ok
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=1))
     return fig
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(0 if main()["values_equal_1e-4"] else 1)

@@ -82,11 +82,14 @@ def _hf_loss(model, ids, mask):
         return float(model(input_ids=x, labels=labels).loss)
 
 
-@pytest.mark.parametrize("head_chunk", [None, 5])
-def test_batched_signals_equal_per_example_computation(micro, monkeypatch, head_chunk):
+@pytest.mark.parametrize("blocks", [None, (5, 2), (4, 8), "full-logits"])
+def test_batched_signals_equal_per_example_computation(micro, monkeypatch, blocks):
     tok, model = micro
-    if head_chunk:  # the LM head and its statistics in blocks of 5 answer positions
-        monkeypatch.setattr("thresher.signals.lm.HEAD_CHUNK", head_chunk)
+    if blocks == "full-logits":  # a model whose head cannot be split off: statistics from the whole logits
+        monkeypatch.setattr("thresher.signals.lm._head_parts", lambda m: None)
+    elif blocks:  # LM-head GEMM blocks of 5 (or 4) answer positions, statistics blocks of 2 (or 8)
+        monkeypatch.setattr("thresher.signals.lm.HEAD_CHUNK", blocks[0])
+        monkeypatch.setattr("thresher.signals.lm.STATS_CHUNK", blocks[1])
     records = [
         {"messages": CONV},
         {"messages": CONV[1:3]},
@@ -98,7 +101,13 @@ def test_batched_signals_equal_per_example_computation(micro, monkeypatch, head_
     alone = [encode_answer_alone(tok, r["messages"]) for r in records]
     seqs = [(e.input_ids, e.answer_mask) for e in cond + alone]
     # a tight token budget forces several length-sorted batches with padding
-    sums, counts = batched_answer_stats(model, seqs, tok.pad_token_id, token_budget=120)
+    # entropy and varentropy for the conditioned sequences only, as the signal asks
+    sums, counts = batched_answer_stats(model, seqs, tok.pad_token_id, token_budget=120, full=[True] * 4 + [False] * 4)
+    assert np.isnan(sums[4:, 1:]).all() and np.isfinite(sums[:4]).all()
+    every, every_counts = batched_answer_stats(model, seqs, tok.pad_token_id, token_budget=120)
+    np.testing.assert_array_equal(every_counts, counts)
+    np.testing.assert_allclose(every[:, 0], sums[:, 0], rtol=1e-6)  # CE does not depend on the flag (block sizes may differ)
+    np.testing.assert_allclose(every[:4], sums[:4], rtol=1e-6)
     cols = lm_columns(sums[:4], counts[:4], sums[4:], counts[4:])
     assert set(cols) == set(LM_COLUMNS)
     for i, (c, a) in enumerate(zip(cond, alone)):
@@ -113,6 +122,9 @@ def test_batched_signals_equal_per_example_computation(micro, monkeypatch, head_
         assert cols["entropy"][i] == pytest.approx(ent_c, abs=1e-5)
         assert cols["varentropy"][i] == pytest.approx(var_c, abs=1e-5)
         assert cols["answer_tokens"][i] == sum(c.answer_mask[1:])
+        _, ent_a, var_a = _reference_stats(model, a.input_ids, a.answer_mask)
+        assert every[4 + i, 1] / every_counts[4 + i] == pytest.approx(ent_a, abs=1e-5)
+        assert every[4 + i, 2] / every_counts[4 + i] == pytest.approx(var_a, abs=1e-5)
 
 
 def test_answer_truncated_away_gives_nan_not_a_guess(micro):

@@ -405,7 +405,7 @@ class ICLProxy:
             dsys += b
         tok = self.loaded.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        sums, counts = batched_answer_stats(self.loaded.model, seqs, pad, self.token_budget)
+        sums, counts = batched_answer_stats(self.loaded.model, seqs, pad, self.token_budget, full=False)
         vals = -sums[:, 0] / np.maximum(counts, 1)
         return vals, sum(len(s) for s, _ in seqs), dlen, dsys
 

@@ -126,30 +126,70 @@ def _head_parts(model):
 
 CPU_TOKEN_BUDGET = 1024   # 2-core AVX2 box: ~1.25x the tokens/s of 8192 (docs/results/signals.md)
 GPU_TOKEN_BUDGET = 16384
-HEAD_CHUNK = 128  # answer positions per LM-head block (128 x 49K vocab x 4 B = 25 MB)
+HEAD_CHUNK = 512   # answer positions per LM-head GEMM (into one reused [512, vocab] buffer)
+STATS_CHUNK = 64   # rows per statistics block (64 x 49K vocab x 4 B = 12.6 MB stays in cache)
 
 
-def token_stats(logits, targets):
-    """Per-position CE, entropy and varentropy from [N, V] logits and [N] targets (float64 out)."""
+def token_stats_(z, targets, full: bool = True):
+    """Per-position CE, entropy and varentropy from [N, V] logits and [N] targets (float64 out).
+
+    Works in place on ``z`` when it is float32 (it is scratch here: the LM-head output
+    block); other dtypes are upcast into a copy first. With ``full=False`` only CE is
+    computed (``logsumexp - z[target]``) and entropy / varentropy come back as None.
+    The formulas are the straightforward ones, ``H = -sum p log p`` and
+    ``V = sum p (log p + H)^2`` (centred, so no cancellation), evaluated with reductions
+    that sum pairwise (``vecdot``), not with a sequential dot product.
+    """
     import torch
 
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    ce = -logp.gather(-1, targets[:, None]).squeeze(-1)
-    ent = -(p * logp).sum(-1)
-    var = (p * (logp + ent[:, None]) ** 2).sum(-1)
+    if z.dtype != torch.float32:
+        z = z.float()
+    lse = torch.logsumexp(z, dim=-1)
+    ce = lse - z.gather(-1, targets[:, None]).squeeze(-1)
+    if not full:
+        return ce.double(), None, None
+    logp = z.sub_(lse[:, None])
+    p = torch.exp(logp)
+    ent = -torch.linalg.vecdot(p, logp)
+    dev = logp.add_(ent[:, None]).square_()
+    var = torch.linalg.vecdot(p, dev)
     return ce.double(), ent.double(), var.double()
 
 
-def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id: int, token_budget: int):
+def _head_stats(head, hidden, targets, full: bool):
+    """LM head over ``hidden`` rows in HEAD_CHUNK blocks, statistics in STATS_CHUNK blocks."""
+    import torch
+
+    n = hidden.shape[0]
+    direct = isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.dtype == hidden.dtype
+    buf = None
+    if direct:
+        buf = torch.empty((min(n, HEAD_CHUNK), head.weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
+    out = []
+    for j in range(0, n, HEAD_CHUNK):
+        h, t = hidden[j: j + HEAD_CHUNK], targets[j: j + HEAD_CHUNK]
+        z = torch.mm(h, head.weight.t(), out=buf[: h.shape[0]]) if direct else head(h)
+        for k in range(0, h.shape[0], STATS_CHUNK):
+            out.append(token_stats_(z[k: k + STATS_CHUNK], t[k: k + STATS_CHUNK], full))
+    return out
+
+
+def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id: int, token_budget: int,
+                         full: bool | list[bool] = True):
     """For each (ids, answer_mask): (sum CE, sum entropy, sum varentropy, n answer targets).
 
     Length-sorted dynamic batches; the target at position t+1 counts when its mask is set.
+    ``full`` (one flag, or one per sequence) says which sequences need entropy and
+    varentropy; the others get CE only (cheaper) and NaN in those two sums.
     """
     import torch
 
     n = len(seqs)
+    need = np.full(n, bool(full)) if isinstance(full, bool) else np.asarray(full, dtype=bool)
+    if need.shape != (n,):
+        raise ValueError(f"full: one flag per sequence expected ({n}), got {need.shape[0]}")
     sums = np.zeros((n, 3), dtype=np.float64)
+    sums[~need, 1:] = np.nan
     counts = np.zeros(n, dtype=np.int64)
     order = sorted(range(n), key=lambda i: len(seqs[i][0]))
     parts = _head_parts(model)
@@ -176,25 +216,34 @@ def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id
                 att[r, : len(s)] = 1
                 if len(s) > 1:
                     tmask[r, : len(s) - 1] = torch.tensor(m[1:], dtype=torch.bool)
-            ids, att, tmask = ids.to(device), att.to(device), tmask.to(device)
-            targets = torch.roll(ids, shifts=-1, dims=1)[tmask]
             if not int(tmask.sum()):
                 continue
+            ids, att, tmask = ids.to(device), att.to(device), tmask.to(device)
+            targets = torch.roll(ids, shifts=-1, dims=1)[tmask]
+            rows = np.asarray(b)[tmask.nonzero()[:, 0].cpu().numpy()]  # sequence of each answer position
             if parts is not None:
                 dec, head = parts
                 hidden = dec(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[tmask]
-                # head + statistics in row chunks: a [rows, vocab] block stays cache-sized
-                stats = [token_stats(head(hidden[j: j + HEAD_CHUNK]), targets[j: j + HEAD_CHUNK])
-                         for j in range(0, hidden.shape[0], HEAD_CHUNK)]
-                ce, ent, var = (torch.cat(c) for c in zip(*stats))
             else:
-                logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[tmask]
-                ce, ent, var = token_stats(logits, targets)
-            row = tmask.nonzero()[:, 0].cpu().numpy()
-            vals = torch.stack([ce, ent, var], dim=1).cpu().numpy()
-            idx = np.asarray(b)[row]
-            np.add.at(sums, idx, vals)
-            np.add.at(counts, idx, 1)
+                hidden = model(input_ids=ids, attention_mask=att, use_cache=False).logits[tmask]
+            # positions needing entropy / varentropy first, then the CE-only ones
+            for flag in (True, False):
+                sel = need[rows] == flag
+                if not sel.any():
+                    continue
+                pick = torch.from_numpy(np.flatnonzero(sel)).to(device)
+                h, t = hidden.index_select(0, pick), targets.index_select(0, pick)
+                if parts is not None:
+                    stats = _head_stats(parts[1], h, t, flag)
+                else:
+                    stats = [token_stats_(h[k: k + STATS_CHUNK], t[k: k + STATS_CHUNK], flag)  # h is a copy
+                             for k in range(0, h.shape[0], STATS_CHUNK)]
+                idx = rows[sel]
+                np.add.at(sums[:, 0], idx, torch.cat([c for c, _, _ in stats]).cpu().numpy())
+                if flag:
+                    np.add.at(sums[:, 1], idx, torch.cat([e for _, e, _ in stats]).cpu().numpy())
+                    np.add.at(sums[:, 2], idx, torch.cat([v for _, _, v in stats]).cpu().numpy())
+                np.add.at(counts, idx, 1)
     return sums, counts
 
 
@@ -307,7 +356,9 @@ class LMSignal(Signal):
         if self.vllm is not None:
             sums, counts = self.vllm.answer_stats(cond + alone)
         else:
-            sums, counts = batched_answer_stats(self.model, cond + alone, pad, self.token_budget())
+            # entropy / varentropy are read from the conditioned pass only
+            sums, counts = batched_answer_stats(self.model, cond + alone, pad, self.token_budget(),
+                                                full=[True] * len(cond) + [False] * len(alone))
         n = len(records)
         return lm_columns(sums[:n], counts[:n], sums[n:], counts[n:])
 

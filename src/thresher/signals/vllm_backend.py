@@ -53,7 +53,7 @@ class VLLMScorer:
                        max_model_len=max_model_len, trust_remote_code=trust_remote_code, enable_prefix_caching=False)
 
     def answer_stats(self, seqs: list[tuple[list[int], list[bool]]]):
-        """Same contract as :func:`thresher.signals.lm.batched_answer_stats`."""
+        """Same contract as :func:`thresher.signals.lm.batched_answer_stats` with ``full=True``."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
