@@ -156,6 +156,11 @@ def token_stats_(z, targets, full: bool = True):
     return ce.double(), ent.double(), var.double()
 
 
+def _block_stats(z, targets, full: bool) -> list:
+    """:func:`token_stats_` over ``z`` in STATS_CHUNK-row blocks (``z`` is scratch)."""
+    return [token_stats_(z[k: k + STATS_CHUNK], targets[k: k + STATS_CHUNK], full) for k in range(0, z.shape[0], STATS_CHUNK)]
+
+
 def _head_stats(head, hidden, targets, full: bool):
     """LM head over ``hidden`` rows in HEAD_CHUNK blocks, statistics in STATS_CHUNK blocks."""
     import torch
@@ -169,8 +174,7 @@ def _head_stats(head, hidden, targets, full: bool):
     for j in range(0, n, HEAD_CHUNK):
         h, t = hidden[j: j + HEAD_CHUNK], targets[j: j + HEAD_CHUNK]
         z = torch.mm(h, head.weight.t(), out=buf[: h.shape[0]]) if direct else head(h)
-        for k in range(0, h.shape[0], STATS_CHUNK):
-            out.append(token_stats_(z[k: k + STATS_CHUNK], t[k: k + STATS_CHUNK], full))
+        out.extend(_block_stats(z, t, full))
     return out
 
 
@@ -233,11 +237,8 @@ def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id
                     continue
                 pick = torch.from_numpy(np.flatnonzero(sel)).to(device)
                 h, t = hidden.index_select(0, pick), targets.index_select(0, pick)
-                if parts is not None:
-                    stats = _head_stats(parts[1], h, t, flag)
-                else:
-                    stats = [token_stats_(h[k: k + STATS_CHUNK], t[k: k + STATS_CHUNK], flag)  # h is a copy
-                             for k in range(0, h.shape[0], STATS_CHUNK)]
+                # h is a copy (index_select): the full-logits path may work on it in place
+                stats = _head_stats(head, h, t, flag) if parts is not None else _block_stats(h, t, flag)
                 idx = rows[sel]
                 np.add.at(sums[:, 0], idx, torch.cat([c for c, _, _ in stats]).cpu().numpy())
                 if flag:
