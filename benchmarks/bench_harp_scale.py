@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.hierarchy import (
+from thresher.select.harp.hierarchy import (
     HierarchyConfig,
     build_hierarchy,
     default_measured_count,
     measurement_order,
 )
-from thresher.select.harp import (
+from thresher.select.harp.selector import (
     best_prefix,
     emit_points,
     envelope_value,

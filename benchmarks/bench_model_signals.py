@@ -60,7 +60,7 @@ def reference_loop(model, tokenizer, records, max_length: int):
     """
     import torch
 
-    from thresher.chat import encode_answer_alone, encode_conversation
+    from thresher.models.chat import encode_answer_alone, encode_conversation
     from thresher.progress import progress
 
     untimed = 0.0
@@ -129,8 +129,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from thresher.chat import encode_answer_alone, encode_conversation
-    from thresher.pool import load_pool
+    from thresher.data.pool import load_pool
+    from thresher.models.chat import encode_answer_alone, encode_conversation
     from thresher.signals.lm import LMSignal
 
     torch.set_num_threads(args.threads)

@@ -57,7 +57,7 @@ def replicated_alpaca(path: Path, n: int, seed: int = 0) -> tuple[list[dict], in
     Copy r >= 1 of a record has two adjacent words of its instruction (the first paragraph
     of the user turn) swapped, a seeded choice, and " (variant r)" appended.
     """
-    from thresher.pool import load_pool
+    from thresher.data.pool import load_pool
 
     with tempfile.TemporaryDirectory() as tmp:
         base_pool, report = load_pool(path, on_error="skip", rejects_path=Path(tmp) / "rejects.jsonl")
@@ -98,8 +98,8 @@ def peak_rss_mb() -> float:
 
 def run_child(n: int, signals: list[str], synthetic: bool, alpaca: Path, out: Path) -> None:
     os.environ.setdefault("THRESHER_PROGRESS", "0")
-    from thresher.engine import run_signal
-    from thresher.pool import Pool
+    from thresher.data.pool import Pool
+    from thresher.engine.local import run_signal
     from thresher.signals.base import VECTORS, make_signal
 
     result: dict = {"n": n, "seconds": {}, "rss_after_mb": {}}
@@ -110,7 +110,7 @@ def run_child(n: int, signals: list[str], synthetic: bool, alpaca: Path, out: Pa
         print(f"  n={n:>7} {name:<28} {seconds:9.1f} s  peak RSS {result['rss_after_mb'][name]:8.0f} MB", file=sys.stderr, flush=True)
 
     if signals:
-        from thresher.store import SignalStore
+        from thresher.data.store import SignalStore
 
         t0 = time.perf_counter()
         records, rejected = replicated_alpaca(alpaca, n)

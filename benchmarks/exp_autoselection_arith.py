@@ -71,16 +71,16 @@ def mean_sd(v: list[float]) -> tuple[float, float]:
 
 
 def run(args) -> dict:
-    from thresher.engine import run_signal
-    from thresher.ledger import CostLedger
-    from thresher.oracle import Oracle
+    from thresher.data.ledger import CostLedger
+    from thresher.data.store import SignalStore
+    from thresher.engine.local import run_signal
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
     from thresher.select.autoselection import SignalSettings, save_recipe
     from thresher.select.autoselection.plots import plot_best_so_far, plot_search_trace
     from thresher.select.autoselection.search import read_trace
     from thresher.select.base import SignalView, make_selector
-    from thresher.store import SignalStore
     from thresher.tasks.arith import ArithConfig, ArithTestbed, defect_counts
-    from thresher.train import TrainConfig
 
     t_start = time.time()
     out = Path(args.out)

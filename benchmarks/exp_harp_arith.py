@@ -94,14 +94,14 @@ def paired(a: list[float], b: list[float]) -> dict:
 
 
 def run_seed(seed: int, budget: float, args) -> dict:
-    from thresher.engine import run_signal
-    from thresher.ledger import CostLedger
-    from thresher.oracle import Oracle
+    from thresher.data.ledger import CostLedger
+    from thresher.data.store import SignalStore
+    from thresher.engine.local import run_signal
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
     from thresher.select.base import Budget, SignalView, make_selector
     from thresher.signals.base import make_signal
-    from thresher.store import SignalStore
     from thresher.tasks.arith import ArithConfig, ArithTestbed, defect_counts
-    from thresher.train import TrainConfig
 
     out = Path(args.out)
     pool, task, labels = ArithTestbed(ArithConfig(pool_size=args.pool_size, dev_size=args.dev_size, test_size=args.test_size)).build()

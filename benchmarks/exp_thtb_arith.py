@@ -67,12 +67,12 @@ def save_results(data: dict) -> None:
 
 
 def run_arith(args) -> dict:
-    from thresher.engine import run_signal
-    from thresher.oracle import Oracle
+    from thresher.data.store import SignalStore
+    from thresher.engine.local import run_signal
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
     from thresher.select.base import SignalView, make_selector
-    from thresher.store import SignalStore
     from thresher.tasks.arith import ArithConfig, ArithTestbed, defect_counts
-    from thresher.train import TrainConfig
 
     pool, task, labels = ArithTestbed(ArithConfig()).build()
     store = SignalStore(args.store)
@@ -160,7 +160,7 @@ def run_arith(args) -> dict:
 
 def run_alpaca(args) -> dict:
     from thresher.api import select
-    from thresher.pool import load_pool
+    from thresher.data.pool import load_pool
 
     t0 = time.time()
     pool, report = load_pool(args.alpaca, on_error="skip", rejects_path=Path(args.out) / "alpaca-rejects.jsonl")
@@ -233,7 +233,7 @@ def render(data: dict) -> str:
                   "seed, so differences are paired by seed). THTB with its defaults: quality `loss:low` under the "
                   "warmed micro scorer, Bloom from the verb-list heuristic, IC unavailable (no judge: IHS = Bloom "
                   "alone), reference formulas; budgets other than 5% scale the stage fractions (see "
-                  "`thresher.select.thtb`). Test accuracy, 400 items, scored once per final selection."), ""]
+                  "`thresher.select.thtb.selector`). Test accuracy, 400 items, scored once per final selection."), ""]
         names = [m for m in ("thtb", "random", "quality-only") if m in a["table"][0]]
         head = "| budget | k | " + " | ".join(f"{m} test acc % (per seed)" for m in names) + \
             " | THTB - random (95% CI) | THTB - full (95% CI) |"

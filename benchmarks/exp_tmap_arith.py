@@ -77,15 +77,15 @@ def main(argv=None) -> dict:
     if args.small_fidelity:
         return small_fidelity(args)
 
-    from thresher.engine import run_signal
-    from thresher.ledger import CostLedger
-    from thresher.oracle import Oracle, ids_digest
-    from thresher.proxies import Anchors, ICLProxy, tiny_vs_full
+    from thresher.data.ledger import CostLedger
+    from thresher.data.store import SignalStore
+    from thresher.engine.local import run_signal
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle, ids_digest
     from thresher.select.base import Budget, SignalView, make_selector
-    from thresher.select.tmap import plot_weights
-    from thresher.store import SignalStore
+    from thresher.select.tmap.proxy import Anchors, ICLProxy, tiny_vs_full
+    from thresher.select.tmap.selector import plot_weights
     from thresher.tasks.arith import ArithConfig, ArithTestbed, defect_counts
-    from thresher.train import TrainConfig
 
     seeds = [int(s) for s in args.seeds.split(",")]
     indicators = [s.strip() for s in args.indicators.split(",") if s.strip()]
@@ -225,13 +225,13 @@ def small_fidelity(args) -> dict:
     """
     from scipy.stats import spearmanr
 
-    from thresher.ledger import CostLedger
-    from thresher.oracle import Oracle, ids_digest
+    from thresher.data.ledger import CostLedger
+    from thresher.data.store import SignalStore
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle, ids_digest
     from thresher.select.base import SignalView, make_selector
-    from thresher.select.tmap import spread_trials
-    from thresher.store import SignalStore
+    from thresher.select.tmap.selector import spread_trials
     from thresher.tasks.arith import ArithConfig, ArithTestbed, defect_counts
-    from thresher.train import TrainConfig
 
     work = Path(args.work)
     results = Path(args.results) / f"{args.name}.json"

@@ -7,15 +7,9 @@ points. Tests read them in place and never copy them into the repository.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-# Test the checkout's sources even when the package is not installed into the venv.
-_SRC = Path(__file__).resolve().parents[1] / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
 
 
 def shared_data_path() -> Path:
@@ -61,9 +55,9 @@ def arith_small():
 @pytest.fixture(scope="session")
 def micro_scored(arith_small, tmp_path_factory):
     """The arith_small pool with text + lm (micro scorer, short warm-up) signals in a store."""
-    from thresher.engine import run_signal
+    from thresher.data.store import SignalStore
+    from thresher.engine.local import run_signal
     from thresher.signals.base import make_signal
-    from thresher.store import SignalStore
 
     pool, task, labels = arith_small
     store = SignalStore(tmp_path_factory.mktemp("store"))

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.engine import run_signal
-from thresher.ledger import CostLedger, LedgerEntry
-from thresher.oracle import Score, ids_digest
-from thresher.pool import Pool
+from thresher.api import run_recipe
+from thresher.data.ledger import CostLedger, LedgerEntry
+from thresher.data.pool import Pool
+from thresher.data.store import SignalStore
+from thresher.engine.local import run_signal
+from thresher.oracle.core import Score, ids_digest
 from thresher.select.autoselection import (
     Recipe,
     RecipeContext,
@@ -32,7 +34,6 @@ from thresher.select.autoselection import (
     SignalSettings,
     load_recipe,
     read_trace,
-    run_recipe,
 )
 from thresher.select.autoselection.llm import (
     LLMAdvisor,
@@ -56,7 +57,6 @@ from thresher.select.autoselection.search import (
 from thresher.select.base import SignalView, make_selector
 from thresher.signals.base import make_signal
 from thresher.signals.lm import LM_COLUMNS
-from thresher.store import SignalStore
 
 NO_STATE = SignalSettings(state=())
 
@@ -287,7 +287,7 @@ def test_recipe_yaml_round_trip_and_errors_name_the_step_and_line(tmp_path):
     with pytest.raises(RecipeError, match=r"hand.yaml: step 2 \(line 7\): unknown operator 'ifd_filterr'"):
         parse_recipe_yaml(bad_op, where="hand.yaml")
     bad_param = RECIPE_YAML.replace("{fraction: 0.5}\n  - exact", "{fraction: 2}\n  - exact")
-    with pytest.raises(RecipeError, match=r"step 2 \(line 7\): operator 'ifd_filter': invalid params: fraction"):
+    with pytest.raises(RecipeError, match=r"step 2 \(line 7\): operator 'ifd_filter': parameter 'fraction'"):
         parse_recipe_yaml(bad_param, where="hand.yaml")
     with pytest.raises(RecipeError, match="unknown top-level keys"):
         parse_recipe_yaml("recipes: []\n", where="x.yaml")
@@ -490,6 +490,9 @@ def test_search_resumes_after_a_kill(synthetic, tmp_path):
     srch, resumed, oracle = search(synthetic, tmp_path, budget=9, trace="cut.jsonl")
     assert srch.stats["replayed"] == 4 and srch.stats["trace_lines_dropped"] == 1
     assert len(oracle.calls) == 5  # only the 5 evaluations not in the trace reach the oracle
+    # ... but the 4 replayed ones were oracle runs too: their recorded cost is reported
+    assert srch.replayed_cost()["oracle"]["runs"] == srch.replayed_cost()["oracle"]["calls"] == 4
+    assert [e.cost["runs"] for e in resumed.history] == [1] * 9
     assert [e.recipe for e in resumed.history] == [e.recipe for e in full.history]
     assert [e.score for e in resumed.history] == [e.score for e in full.history]
     strip = [json.loads(ln) for ln in (tmp_path / "cut.jsonl").read_text().splitlines()]
@@ -499,6 +502,29 @@ def test_search_resumes_after_a_kill(synthetic, tmp_path):
         assert a == b
     with pytest.raises(ValueError, match="different search"):
         search(synthetic, tmp_path, budget=10, trace="cut.jsonl")
+
+
+def test_selection_cost_adds_the_replayed_work_without_counting_twice(synthetic, tmp_path):
+    from thresher.select.base import selection_cost
+
+    session = {"oracle": {"calls": 3, "runs": 2, "cached": 1, "examples": 20, "tokens": 200, "seconds": 6.0},
+               "proxy": {"calls": 1, "runs": 1, "cached": 0, "examples": 0, "tokens": 5, "seconds": 1.0}}
+    assert selection_cost(session, None) is session  # a method that never replays: the ledger as it is
+    c = selection_cost(session, {"oracle": {"calls": 2, "runs": 2, "cached": 0, "examples": 20, "tokens": 150, "seconds": 4.0}})
+    assert c["oracle"] == {"calls": 5, "runs": 4, "cached": 1, "examples": 40, "tokens": 350, "seconds": 10.0,
+                           "calls_this_session": 3, "calls_replayed_from_trace": 2, "runs_this_session": 2,
+                           "runs_replayed_from_trace": 2, "seconds_this_session": 6.0, "seconds_replayed_from_trace": 4.0}
+    assert c["proxy"]["runs"] == 1 and c["proxy"]["runs_replayed_from_trace"] == 0
+    assert selection_cost({}, {"oracle": {"calls": 2, "runs": 1, "cached": 1}})["oracle"]["runs_this_session"] == 0
+    # a trace line written before the cost field: one call, a run unless it was cached
+    search(synthetic, tmp_path, budget=4, trace="old.jsonl")
+    text = (tmp_path / "old.jsonl").read_text().splitlines()
+    old = [text[0]] + [json.dumps({k: v for k, v in json.loads(ln).items() if k != "cost"}) for ln in text[1:3]]
+    (tmp_path / "old.jsonl").write_text("\n".join(old) + "\n")
+    srch, _, oracle = search(synthetic, tmp_path, budget=4, trace="old.jsonl")
+    assert len(oracle.calls) == 2 and srch.stats["replayed_without_cost_record"] == 2
+    rc = srch.replayed_cost()["oracle"]
+    assert rc["runs"] == rc["calls"] == 2 and rc["replayed_without_cost_record"] == 2
 
 
 def test_budget_cap_mode_caps_every_subset(synthetic, tmp_path):
@@ -567,7 +593,7 @@ def test_llm_failures_fall_back_to_the_rule_based_search_and_are_counted(synthet
 
 @pytest.mark.slow
 def test_llm_advisor_against_a_real_served_model(synthetic, tmp_path):
-    from thresher.serve import start_server_in_thread
+    from thresher.judge.serve import start_server_in_thread
 
     url, stop = start_server_in_thread("small")
     try:
@@ -589,8 +615,8 @@ def test_llm_advisor_against_a_real_served_model(synthetic, tmp_path):
 
 @pytest.mark.slow
 def test_autoselection_selector_end_to_end_with_the_micro_oracle(arith_small, tmp_path):
-    from thresher.oracle import Oracle
-    from thresher.train import TrainConfig
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
 
     pool, task, _ = arith_small
     store = SignalStore(tmp_path / "store")
@@ -609,6 +635,131 @@ def test_autoselection_selector_end_to_end_with_the_micro_oracle(arith_small, tm
     assert load_recipe(tmp_path / "art" / "best_recipe.yaml").recipe.to_list() == d["best_recipe"]
     again = make_selector("autoselection", **params).select(pool, view(pool, store), 0.3, task=task, seed=0, oracle=oracle,
                                                              artifacts_dir=tmp_path / "art")
-    assert again.ids == out.ids and again.diagnostics["stats"]["replayed"] == 5 and again.cost == {}
+    assert again.ids == out.ids and again.diagnostics["stats"]["replayed"] == 5
+    # nothing new was run, but the selection still cost the 5 runs recorded in its trace
+    c = again.cost["oracle"]
+    assert c["runs"] == c["runs_replayed_from_trace"] == 5 and c["runs_this_session"] == 0 and c["calls_this_session"] == 0
+    assert {f: c[f] for f in ("calls", "runs", "cached", "examples", "tokens")} == \
+        {f: out.cost["oracle"][f] for f in ("calls", "runs", "cached", "examples", "tokens")}
     rnd = make_selector("random_recipes", **params).select(pool, view(pool, store), 0.3, task=task, seed=0, oracle=oracle)
     assert rnd.diagnostics["phases"] == ["random"] * 5
+
+
+#: the session that gets killed: a real process with the real micro oracle, which stalls (as if
+#: training) in oracle call number ``stall_at``, so the SIGKILL lands mid-call at a known point
+KILLED_SESSION = r"""
+import json, sys, time
+from thresher.data.store import SignalStore
+from thresher.models.train import TrainConfig
+from thresher.oracle.core import Oracle
+from thresher.select.base import SignalView, make_selector
+from thresher.tasks.arith import ArithConfig, ArithTestbed
+
+cfg = json.loads(sys.argv[1])
+pool, task, _ = ArithTestbed(ArithConfig(**cfg["arith"])).build()
+
+
+class StallingOracle(Oracle):
+    calls = 0
+
+    def score(self, ids, label=""):
+        if StallingOracle.calls == cfg["stall_at"]:
+            print("stalled", flush=True)
+            time.sleep(3600)
+        StallingOracle.calls += 1
+        return super().score(ids, label=label)
+
+
+oracle = StallingOracle(task, pool, model="micro", train=TrainConfig.for_tier("micro", steps=cfg["steps"]),
+                        cache_dir=cfg["oracle_dir"], show_progress=False)
+make_selector("autoselection", **cfg["params"]).select(pool, SignalView(pool, SignalStore(cfg["store"])), cfg["budget"],
+                                                        task=task, seed=0, oracle=oracle, artifacts_dir=cfg["art"])
+"""
+
+
+def _evaluation_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for ln in path.read_text().splitlines():
+        try:
+            d = json.loads(ln)
+        except json.JSONDecodeError:
+            continue
+        if d.get("kind") == "evaluation":
+            out.append(d)
+    return out
+
+
+@pytest.mark.slow
+def test_resumed_autoselection_cost_counts_the_runs_of_the_killed_session(arith_small, tmp_path):
+    """Kill a real search process (SIGKILL) after 2 of its 5 oracle runs, resume it: the
+    selection's cost is all 5 runs (2 replayed from the trace + 3 now), as uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
+
+    pool, task, _ = arith_small
+    arith = {"pool_size": 400, "dev_size": 60, "test_size": 90}
+    # text-signal operators only and no realised-state signals: no model-based signal to compute
+    params = {"signals": {"state": [], "task_params": arith}, "oracle_budget": 5,
+              "operators": ["truncate", "exact_dedup", "branching_filter", "ngram_entropy_filter", "union"]}
+    store = SignalStore(tmp_path / "store")
+    for sig in make_selector("autoselection", **params).required_signals():
+        run_signal(sig, pool, store, show_progress=False)
+    steps, budget, n_before_kill = 10, 0.3, 2
+    art, trace = tmp_path / "art", tmp_path / "art" / "trace.jsonl"
+
+    # 1. the session that dies: SIGKILL while its third oracle call is in flight
+    script, log = tmp_path / "killed_session.py", tmp_path / "killed_session.log"
+    script.write_text(KILLED_SESSION)
+    cfg = {"arith": arith, "stall_at": n_before_kill, "steps": steps, "oracle_dir": str(tmp_path / "oracle"),
+           "params": params, "store": str(tmp_path / "store"), "budget": budget, "art": str(art)}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not (len(_evaluation_lines(trace)) == n_before_kill and "stalled" in log.read_text()):
+            assert proc.poll() is None, f"the search process ended early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the search process made no progress"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and len(_evaluation_lines(trace)) == n_before_kill
+
+    # 2. resume in a new session (same oracle cache, same trace)
+    oracle = Oracle(task, pool, model="micro", train=TrainConfig.for_tier("micro", steps=steps), cache_dir=tmp_path / "oracle",
+                    show_progress=False)
+    resumed = make_selector("autoselection", **params).select(pool, view(pool, store), budget, task=task, seed=0, oracle=oracle,
+                                                              artifacts_dir=art)
+    assert resumed.diagnostics["stats"]["replayed"] == n_before_kill
+    lines = _evaluation_lines(trace)
+    assert len(lines) == 5 and len({ln["subset_digest"] for ln in lines}) == 5
+    assert all(ln["cost"]["runs"] == 1 and ln["cost"]["cached"] == 0 and ln["cost"]["seconds"] > 0 for ln in lines)
+    c = resumed.cost["oracle"]
+    # every oracle run done for this selection: one per distinct evaluation in the trace
+    assert c["runs"] == c["calls"] == len(lines) == 5 and c["cached"] == 0
+    assert c["runs_replayed_from_trace"] == n_before_kill and c["runs_this_session"] == 5 - n_before_kill
+    assert c["examples"] == sum(ln["cost"]["examples"] for ln in lines) > 0
+    assert c["tokens"] == sum(ln["cost"]["tokens"] for ln in lines) > 0
+    assert c["seconds"] == pytest.approx(c["seconds_this_session"] + c["seconds_replayed_from_trace"])
+    assert c["seconds_replayed_from_trace"] == pytest.approx(sum(ln["cost"]["seconds"] for ln in lines[:n_before_kill]))
+    saved = json.loads(resumed.save(tmp_path / "sel.jsonl", pool)[1].read_text())
+    assert saved["cost"]["oracle"]["runs"] == 5
+
+    # 3. the same search uninterrupted (its own empty oracle cache) costs the same
+    ref_oracle = Oracle(task, pool, model="micro", train=TrainConfig.for_tier("micro", steps=steps),
+                        cache_dir=tmp_path / "oracle-ref", show_progress=False)
+    ref = make_selector("autoselection", **params).select(pool, view(pool, store), budget, task=task, seed=0,
+                                                          oracle=ref_oracle, artifacts_dir=tmp_path / "art-ref")
+    r = ref.cost["oracle"]
+    assert r["runs_this_session"] == 5 and r["runs_replayed_from_trace"] == 0
+    assert ref.ids == resumed.ids
+    assert {f: c[f] for f in ("calls", "runs", "cached", "examples", "tokens")} == \
+        {f: r[f] for f in ("calls", "runs", "cached", "examples", "tokens")}

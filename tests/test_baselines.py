@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.engine import run_signal
-from thresher.pool import Pool
+from thresher.data.pool import Pool
+from thresher.data.store import SignalStore
+from thresher.engine.local import run_signal
 from thresher.select.base import SignalView, make_selector
 from thresher.select.baselines import hashed_ngrams, repr_filter
 from thresher.select.quality import minmax, quality_source, rank_normalise
 from thresher.signals.base import make_signal
-from thresher.store import SignalStore
 
 
 def test_rank_and_minmax_normalisation():
@@ -114,3 +114,30 @@ def test_alpagasus_and_superfiltering_read_their_signals(micro_scored):
     tiny_ifd = view.column("ifd", model="micro-tiny", warmup_examples=60, warmup_steps=20)
     kept = tiny_ifd[pool.positions(sel.ids)]
     assert (kept < 1).all() and list(kept) == sorted(kept, reverse=True)
+
+
+def test_default_scorer_is_micro_on_arith_and_a_real_lm_elsewhere(micro_scored):
+    """scorer="auto" (the default of every scorer-using baseline): the arith testbed keeps its micro
+    scorer (the very signals already stored), any other pool gets SmolLM2 (small); the selection says which."""
+    pool, _, _, store, lm, text = micro_scored
+    alpaca = Pool.from_records([{"id": f"r{i}", "messages": [{"role": "user", "content": f"Q{i}?"},
+                                                            {"role": "assistant", "content": f"A{i}."}]} for i in range(3)],
+                               name="alpaca", source="alpaca")
+    sp = {"scorer_warmup": 120, "scorer_warmup_steps": 40}
+    for method, params in (("ifd", sp), ("alpagasus", {**sp, "quality": "loss:low"}), ("thtb", sp),
+                           ("topk", {**sp, "signal": "tokens_answer"})):
+        sel = make_selector(method, **params)
+        assert sel.params.scorer == "auto"
+        on_arith = {s.key(pool) for s in sel.required_signals() if s.name in ("lm", "text")}
+        assert on_arith and on_arith <= {lm.key(pool), text.key(pool)}, method
+        elsewhere = [s.key(alpaca) for s in sel.required_signals() if s.name in ("lm", "text")]
+        assert elsewhere and all(k.params["model"] == "small" and k.model.startswith("small") for k in elsewhere), method
+    # a weak scorer stays the method's own
+    assert make_selector("superfiltering").required_signals()[0].key(alpaca).params["model"] == "micro-tiny"
+    # api.select names the scorer the stored signals were computed with
+    from thresher.api import select
+
+    got = select(pool, "ifd", 40, store=store.root, **sp)
+    assert got.diagnostics["scorer"] == ("scorer: micro (~0.11M-parameter character model, trained here), "
+                                         "warmed up on 120 pool examples x 40 steps")
+    assert got.ids == make_selector("ifd", scorer="micro", **sp).select(pool, SignalView(pool, store), 40).ids

@@ -8,8 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.bench import BenchConfig, BenchConfigError, paired_bootstrap, run_bench, summarise
-from thresher.ledger import CostLedger
+from thresher.bench.run import (
+    BenchConfig,
+    BenchConfigError,
+    run_bench,
+    summarise,
+)
+from thresher.data.ledger import CostLedger
 
 TINY = {
     "name": "tiny",
@@ -37,7 +42,7 @@ def test_config_errors_name_the_problem():
 
 
 def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
-    from thresher.bench import _inject
+    from thresher.bench.run import _inject
     from thresher.select.base import make_selector, selector_class
 
     cfg = BenchConfig.load(Path(__file__).resolve().parents[1] / "examples" / "bench-arith.yaml")
@@ -53,16 +58,6 @@ def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
     assert built["ifd"].params.scorer == cfg.scorer["model"] == "micro"
     assert built["superfiltering"].params.scorer == "micro-tiny"
     assert built["superfiltering"].required_signals()[0].key_params() != built["ifd"].required_signals()[0].key_params()
-
-
-def test_paired_bootstrap_on_hand_cases():
-    a = [[1, 1, 1, 0] * 25, [1, 1, 0, 0] * 25]
-    b = [[1, 0, 0, 0] * 25, [1, 0, 0, 0] * 25]
-    d, lo, hi = paired_bootstrap(a, b, n_boot=500)
-    assert d == pytest.approx(((0.75 - 0.25) + (0.5 - 0.25)) / 2)
-    assert 0 < lo < d < hi
-    d, lo, hi = paired_bootstrap(b, b, n_boot=200)
-    assert (d, lo, hi) == (0.0, 0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +117,7 @@ def test_a_rerun_continues_without_retraining(tiny_run, tmp_path):
 
 def test_report_renders_in_chromium(tiny_run, tmp_path):
     pytest.importorskip("playwright", reason="the report screenshot test needs playwright (pip install thresher[test])")
-    from thresher.report import pixel_stats, screenshot, write_report
+    from thresher.bench.report import pixel_stats, screenshot, write_report
 
     run_dir, rows = tiny_run
     html_path = write_report(run_dir, tmp_path / "report.html")
@@ -136,6 +131,9 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     plots = {i["id"]: i for i in info["images"] if i["id"]}
     assert plots["plot-accuracy"]["w"] > 300 and plots["plot-cost"]["w"] > 300
     assert info["summaryRows"] == 1 + 4 and info["rows"] == 1 + len(rows)
+    assert info["captions"][0].startswith("Figure 1.") and info["captions"][1].startswith("Figure 2.")
+    assert all(m in plots["plot-accuracy"]["alt"] for m in ("random", "long-answers", "dsir"))
+    assert info["kvTables"] >= 3 and info["kvFontPx"] >= 13  # diagnostics: readable tables (full has none)
     px = pixel_stats(tmp_path / "shot.png")
     assert px["height"] > 1500 and px["nonwhite"] > 0.02
 
@@ -159,7 +157,7 @@ METHODS_BENCH = {
 
 @pytest.mark.slow
 def test_the_four_methods_run_in_a_bench_and_their_plots_reach_the_report(tmp_path):
-    from thresher.report import write_report
+    from thresher.bench.report import write_report
 
     rows = run_bench(BenchConfig.from_dict(METHODS_BENCH), tmp_path / "run", show_progress=False)
     by = {r["method"]: r for r in rows}

@@ -5,7 +5,7 @@ import json
 
 from rich.console import Console
 
-from thresher.demo import ROW_KEYS, DemoConfig, paired_vs_random, run_demo
+from thresher.bench.demo import ROW_KEYS, DemoConfig, paired_vs_random, run_demo
 
 
 def test_tiny_demo_writes_rows_plot_and_scores_test_once(tmp_path):

@@ -5,9 +5,9 @@ import pytest
 
 from thresher.models.load import LoadedModel, load_model, save_model
 from thresher.models.micro import build_char_tokenizer, build_micro_model
-from thresher.oracle import Oracle
+from thresher.models.train import TrainConfig
+from thresher.oracle.core import Oracle
 from thresher.tasks.arith import ArithConfig, ArithTestbed
-from thresher.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_lora_on_smollm2_learns_the_answer_format(tmp_path):
     """SmolLM2-135M-Instruct + LoRA for a few steps: the answer loss on arith falls."""
     pool, task, labels = ArithTestbed(ArithConfig(pool_size=120, dev_size=6, test_size=6)).build()
     clean = [i for i in pool.ids if labels[i] == "clean"][:48]
-    from thresher.train import attach_lora, finetune
+    from thresher.models.train import attach_lora, finetune
 
     lm = load_model("small")
     cfg = TrainConfig.for_tier("small", steps=12, batch_size=4)

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.engine import _write, compute_example_shard, read_signal, run_signal, shard_plan
+from thresher.data.store import SignalKey, SignalStore
+from thresher.engine.local import read_signal, run_signal
+from thresher.engine.shards import compute_example_shard, shard_plan, write_shard
 from thresher.signals.base import VECTORS, make_signal
-from thresher.store import SignalKey, SignalStore
 from thresher.tasks.arith import ArithTestbed
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the [ray] extra")
@@ -78,7 +79,7 @@ def assert_same_signal(sig, pool, local: SignalStore, other: SignalStore) -> dic
 
 def test_shard_transport_writes_the_same_files(tmp_path):
     """What comes back from a worker makes the store write byte-identical shards."""
-    from thresher.ray_engine import decode_shard, encode_shard
+    from thresher.engine.ray import decode_shard, encode_shard
     from thresher.signals.base import Signal
 
     class Mixed(Signal):
@@ -102,7 +103,7 @@ def test_shard_transport_writes_the_same_files(tmp_path):
     key = SignalKey("f" * 64, sig.name, 1)
     for store, values in zip(stores, (cols, got), strict=True):
         store.begin(key, 4, 4)
-        _write(store, key, 0, ids, values, sig)
+        write_shard(store, key, 0, ids, values, sig)
         store.finish(key, 1)
     assert parquet_bytes(stores[0], key) == parquet_bytes(stores[1], key)
     assert np.array_equal(stores[0].read_vectors(key)[1], stores[1].read_vectors(key)[1])
@@ -139,7 +140,7 @@ def test_lm_signal_exactly_equal_on_both_engines(cluster, arith, tmp_path):
     assert np.allclose(cols["ifd"][ok], cols["loss"][ok] / cols["loss_alone"][ok], rtol=0, atol=0)
 
     # the prepared scorer shipped through the object store (how other nodes get it) gives the same values
-    from thresher.ray_engine import run_shards_ray
+    from thresher.engine.ray import run_shards_ray
 
     shipped = SignalStore(tmp_path / "shipped")
     sig2 = make_signal("lm", **LM_PARAMS).bind_pool(pool)
@@ -166,7 +167,7 @@ def test_ray_finishes_a_run_started_locally(cluster, arith, tmp_path):
     for i, s, e in plan:
         if i in (0, 2):
             recs = pool.slice(s, e)
-            _write(resumed, key, i, [r["id"] for r in recs], compute_example_shard(sig, recs), sig)
+            write_shard(resumed, key, i, [r["id"] for r in recs], compute_example_shard(sig, recs), sig)
     kept = {p.name: p.stat().st_mtime_ns for p in resumed.path(key).glob("shard-0000[02].parquet")}
     assert not resumed.is_complete(key)
 
@@ -177,7 +178,7 @@ def test_ray_finishes_a_run_started_locally(cluster, arith, tmp_path):
 
 
 def test_bad_actor_count_is_refused(cluster, arith, tmp_path):
-    from thresher.ray_engine import run_shards_ray
+    from thresher.engine.ray import run_shards_ray
 
     pool, _ = arith
     sig = make_signal("text")
@@ -186,8 +187,8 @@ def test_bad_actor_count_is_refused(cluster, arith, tmp_path):
 
 
 def test_oracle_runs_on_ray_equal_local_runs(cluster, arith, tmp_path):
-    from thresher.oracle import Oracle
-    from thresher.train import TrainConfig
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
 
     pool, task = arith
     ids_a, ids_b = pool.ids[:120], pool.ids[100:260]

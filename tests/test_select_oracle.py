@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from thresher.ledger import CostLedger
-from thresher.oracle import DevOracle, Oracle
+from thresher.data.ledger import CostLedger
+from thresher.models.train import TrainConfig
+from thresher.oracle.core import DevOracle, Oracle
 from thresher.select.base import Budget, Selection, SignalView, make_selector, top_by
-from thresher.train import TrainConfig
 
 
 @pytest.mark.parametrize("raw,n,expect", [("0.3", 1000, 300), (0.3, 1000, 300), ("30%", 1000, 300), ("1500", 1000, 1000),
@@ -69,7 +69,7 @@ def test_missing_signal_is_an_error_naming_the_command(micro_scored):
         make_selector("ifd", scorer="micro", scorer_warmup=999).select(pool, view, 0.1)
     with pytest.raises(KeyError, match="unknown selection method 'nope'"):
         make_selector("nope")
-    with pytest.raises(ValueError, match="invalid params"):
+    with pytest.raises(ValueError, match="parameter .direction."):
         make_selector("topk", signal="loss", direction="sideways")
 
 

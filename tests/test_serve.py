@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from thresher.chat import encode_prompt
+from thresher.judge.serve import start_server_in_thread
+from thresher.models.chat import encode_prompt
 from thresher.models.load import load_tokenizer
-from thresher.serve import start_server_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from thresher.engine import read_signal, run_signal
-from thresher.pool import Pool
+from thresher.data.pool import Pool
+from thresher.data.store import SignalStore
+from thresher.engine.local import read_signal, run_signal
 from thresher.signals.base import VECTORS, make_signal
 from thresher.signals.dedup import (
     SemanticDedup,
@@ -19,7 +20,6 @@ from thresher.signals.dedup import (
     semantic_groups,
     word_shingles,
 )
-from thresher.store import SignalStore
 
 
 def chat(i: int, user: str, answer: str) -> dict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.engine import read_signal, run_signal
-from thresher.pool import Pool, user_text
+from thresher.data.pool import Pool, user_text
+from thresher.data.store import SignalStore
+from thresher.engine.local import read_signal, run_signal
 from thresher.signals.base import VECTORS, make_signal
 from thresher.signals.embed import Embedding, embed_text, encode_texts, load_encoder
 from thresher.signals.geometry import (
@@ -21,7 +22,6 @@ from thresher.signals.geometry import (
     tfidf_silhouette,
     top_m_mean_cosine,
 )
-from thresher.store import SignalStore
 
 TEXTS = [
     ("How do I cook pasta?", "Boil salted water, add the pasta and cook it for ten minutes."),

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from thresher.engine import read_signal, run_signal
-from thresher.pool import Pool
+from thresher.data.pool import Pool
+from thresher.data.store import SignalStore
+from thresher.engine.local import read_signal, run_signal
 from thresher.signals.base import make_signal, resolve
 from thresher.signals.heuristics import (
     BLOOM_VERBS,
@@ -22,7 +23,6 @@ from thresher.signals.text import (
     side_text,
     unigram_entropy,
 )
-from thresher.store import SignalStore
 
 
 def chat(i: int, user: str, answer: str, system: str | None = None) -> dict:

@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 from fake_openai import ChatEndpoint
 
-from thresher.engine import read_signal, run_signal
-from thresher.pool import Pool
+from thresher.data.pool import Pool
+from thresher.data.store import SignalStore
+from thresher.engine.local import read_signal, run_signal
 from thresher.select.base import SignalView, make_selector
-from thresher.select.thtb import (
+from thresher.select.thtb.guide import render_guide, thtb_guide
+from thresher.select.thtb.selector import (
     bloom_paper,
     bloom_reference,
     canonical_subject,
@@ -43,8 +45,6 @@ from thresher.select.thtb import (
     stage_sizes,
 )
 from thresher.signals.base import make_signal
-from thresher.store import SignalStore
-from thresher.thtb_guide import render_guide, thtb_guide
 
 
 def rec(rid: str, instruction: str, response: str, inp: str = "") -> dict:
@@ -339,7 +339,7 @@ def test_invalid_params_name_the_field():
         make_selector("thtb", fractions=(0.2, 0.0, 0.5))
     with pytest.raises(ValueError, match="judge_params: unknown keys \\['max_tokes'\\]"):
         make_selector("thtb", judge_params={"max_tokes": 10})
-    with pytest.raises(ValueError, match="extra"):
+    with pytest.raises(ValueError, match="unknown parameter .fractionz. \\(did you mean .fractions.\\?\\)"):
         make_selector("thtb", fractionz=(0.2, 0.5, 0.5))
 
 
@@ -446,7 +446,8 @@ def test_judge_path_end_to_end_hand_computed(hand_pool, tmp_path, monkeypatch):
     try:
         store = SignalStore(tmp_path / "store")
         kw = {"quality": "judge", "bloom": "judge", "ic": "judge", "judge_url": judge.url, "judge_model": "rules",
-                  "judge_params": {"cache_dir": str(tmp_path / "replies"), "backoff_base": 0.05}, "fractions": (0.5, 0.8, 0.5),
+                  "judge_params": {"cache_dir": str(tmp_path / "replies"), "backoff_base": 0.05, "max_failure_rate": 1.0},
+                  "fractions": (0.5, 0.8, 0.5),
                   "budget_rule": "fixed"}
         sel = select(hand_pool, store, 2, artifacts=tmp_path / "art", **kw)
     finally:
@@ -483,13 +484,13 @@ def test_judge_failures_from_a_real_model_server_are_counted(hand_pool, tmp_path
 
     THTB then has no IHS for anyone: with ``rank_last`` stage 2 keeps the stage-1 order
     (deterministically), with ``exclude`` nothing survives (shortfall = k)."""
-    from thresher.serve import start_server_in_thread
+    from thresher.judge.serve import start_server_in_thread
 
     monkeypatch.setenv("THRESHER_CACHE", str(tmp_path / "cache"))
     url, stop = start_server_in_thread(tiny_chat_model_dir, served_name="tiny")
     try:
         kw = {"quality": "chars_answer", "bloom": "judge", "ic": "judge", "judge_url": url, "judge_model": "tiny",
-                  "judge_params": {"max_tokens": 16, "concurrency": 2, "cache_dir": str(tmp_path / "replies")},
+                  "judge_params": {"max_tokens": 16, "concurrency": 2, "cache_dir": str(tmp_path / "replies"), "max_failure_rate": 1.0},
                   "fractions": (0.6, 0.5, 0.5), "budget_rule": "fixed"}
         store = SignalStore(tmp_path / "store")
         sel = make_selector("thtb", **kw)
@@ -517,7 +518,7 @@ def test_judge_failures_from_a_real_model_server_are_counted(hand_pool, tmp_path
 @pytest.mark.slow
 def test_smollm2_judge_thtb_on_alpaca(shared_data, tmp_path, monkeypatch):
     """The whole judge path on SmolLM2-135M-Instruct behind ``thresher serve`` (6 Alpaca rows)."""
-    from thresher.serve import start_server_in_thread
+    from thresher.judge.serve import start_server_in_thread
 
     monkeypatch.setenv("THRESHER_CACHE", str(tmp_path / "cache"))
     rows = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:6]
@@ -525,7 +526,7 @@ def test_smollm2_judge_thtb_on_alpaca(shared_data, tmp_path, monkeypatch):
     url, stop = start_server_in_thread("small", port=0)
     try:
         kw = {"quality": "judge", "bloom": "judge", "ic": "judge", "judge_url": url, "judge_model": "small",
-                  "judge_params": {"max_tokens": 120, "concurrency": 2, "cache_dir": str(tmp_path / "replies")},
+                  "judge_params": {"max_tokens": 120, "concurrency": 2, "cache_dir": str(tmp_path / "replies"), "max_failure_rate": 1.0},
                   "fractions": (1.0, 0.5, 0.5), "budget_rule": "fixed", "on_missing": "rank_last"}
         store = SignalStore(tmp_path / "store")
         sel = make_selector("thtb", **kw)
@@ -590,7 +591,8 @@ def test_guide_with_judge_disciplines(hand_pool, tmp_path, monkeypatch):
     judge = RuleJudge(JUDGE_TABLE)
     try:
         g = thtb_guide(hand_pool, SignalStore(tmp_path / "store"), ic="judge", bloom="judge", judge_url=judge.url,
-                       judge_model="rules", judge_params={"cache_dir": str(tmp_path / "replies")}, compute_missing=True,
+                       judge_model="rules", judge_params={"cache_dir": str(tmp_path / "replies"), "max_failure_rate": 1.0},
+                       compute_missing=True,
                        show_progress=False)
     finally:
         judge.close()

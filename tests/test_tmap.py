@@ -7,15 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from thresher.ledger import CostLedger
-from thresher.proxies import (
-    ICLProxy,
-    anchor_points,
-    last_turn_mask,
-    medoids,
-    tiny_vs_full,
-)
-from thresher.search import (
+from thresher.data.ledger import CostLedger
+from thresher.select.base import SignalView, make_selector
+from thresher.select.bayesopt import (
     BayesianOptimiser,
     Box,
     Simplex,
@@ -23,9 +17,15 @@ from thresher.search import (
     maximise,
     upper_confidence_bound,
 )
-from thresher.select.base import SignalView, make_selector
 from thresher.select.quality import rank_normalise
-from thresher.select.tmap import TMAPParams, spread_trials
+from thresher.select.tmap.proxy import (
+    ICLProxy,
+    anchor_points,
+    last_turn_mask,
+    medoids,
+    tiny_vs_full,
+)
+from thresher.select.tmap.selector import TMAPParams, spread_trials
 
 # --------------------------------------------------------------------------- search
 
@@ -143,7 +143,7 @@ def micro_lm():
 def test_icl_proxy_loglik_equals_a_per_prompt_computation(arith_small, micro_lm):
     import torch
 
-    from thresher.chat import encode_conversation
+    from thresher.models.chat import encode_conversation
 
     pool, task, _ = arith_small
     dev = task.dev_view()
@@ -161,7 +161,7 @@ def test_icl_proxy_loglik_equals_a_per_prompt_computation(arith_small, micro_lm)
         pos = proxy.demo_positions(50, d)
         for j, item in enumerate(a.items(dev.dev)):
             msgs = [t for p in pos[j] for t in recs[p]["messages"]] + dev.demo_messages(item)
-            enc = encode_conversation(micro_lm.tokenizer, msgs)
+            enc = encode_conversation(micro_lm.tokenizer, msgs, turn_end=False)  # content tokens, no end-of-turn
             mask = torch.tensor(last_turn_mask(enc.answer_mask))
             with torch.inference_mode():
                 logp = torch.log_softmax(micro_lm.model(input_ids=torch.tensor([enc.input_ids])).logits[0].double(), -1)
@@ -202,9 +202,9 @@ def test_demo_draws_are_common_random_numbers(arith_small, micro_lm):
 
 @pytest.fixture(scope="module")
 def cheap_store(arith_small, tmp_path_factory):
-    from thresher.engine import run_signal
+    from thresher.data.store import SignalStore
+    from thresher.engine.local import run_signal
     from thresher.signals.base import make_signal
-    from thresher.store import SignalStore
 
     pool, task, labels = arith_small
     store = SignalStore(tmp_path_factory.mktemp("tmap-store"))
@@ -258,8 +258,8 @@ def test_tmap_end_to_end_on_micro(cheap_store, tmp_path):
     """The whole search on a 400-example pool with the micro model as proxy and oracle:
     the selection is the top-k under the reported weights, corners come first, every proxy
     call is in the ledger, fidelity runs the oracle, the artifacts exist."""
-    from thresher.oracle import Oracle
-    from thresher.train import TrainConfig
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
 
     pool, task, _, store = cheap_store
     view = SignalView(pool, store)
@@ -298,7 +298,7 @@ def test_accuracy_proxy_without_demos_is_the_dev_accuracy(arith_small):
     """With every dev item its own anchor and no demonstrations, the accuracy proxy asks the
     model exactly what the evaluator asks: the two must agree item for item."""
     from thresher.api import train
-    from thresher.evaluate import evaluate
+    from thresher.models.evaluate import evaluate
 
     pool, task, labels = arith_small
     dev = task.dev_view()

@@ -10,15 +10,29 @@ Model specs accepted everywhere a model is named (CLI ``--model``, YAML, Python)
 - a hub id (``HuggingFaceTB/SmolLM2-360M-Instruct``) or a local directory;
 - a ``.gguf`` file path, or ``DIR::FILE.gguf`` (loaded through ``gguf_file=`` and
   converted once to safetensors in the cache).
+
+The *scorer* of the model-based signals (``lm``, ``text``) and of every selector with a
+``scorer`` param may also be ``auto`` (the default): ``micro`` on the arith testbed (every
+record's ``source`` is ``arith``, as :class:`~thresher.tasks.arith.ArithTestbed` writes
+it), ``small`` on any other pool (:func:`resolve_scorer`). It resolves where the pool is
+known (a signal's cache key, the engine), so ``auto`` never enters a cache key.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import logging
-import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+
+from thresher.data.io import atomic_dir
+from thresher.data.paths import cache_root
+from thresher.models.micro import (
+    MICRO_PRESETS,
+    build_char_tokenizer,
+    build_micro_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +42,69 @@ TIERS = ("micro", "micro-tiny", "micro-1m", "small")
 
 def is_micro(spec: str) -> bool:
     """True for the from-scratch micro presets (micro, micro-1m)."""
-    from .micro import MICRO_PRESETS
 
     return spec in MICRO_PRESETS
+
+
+#: the scorer spec that resolves on the pool (see :func:`resolve_scorer`)
+AUTO = "auto"
+#: the ``source`` of every record of the arith testbed (``tasks/arith.py``)
+ARITH_SOURCE = "arith"
+_ARITH_POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def is_arith_pool(pool) -> bool:
+    """True for the arith testbed: a non-empty pool whose every record has ``source == "arith"``."""
+    try:
+        return _ARITH_POOLS[pool]
+    except (KeyError, TypeError):
+        pass
+    out = len(pool) > 0 and all(r.get("source") == ARITH_SOURCE for r in pool)
+    try:
+        _ARITH_POOLS[pool] = out
+    except TypeError:
+        pass
+    return out
+
+
+def resolve_scorer(spec: str, pool=None) -> str:
+    """A scorer spec with ``auto`` resolved on ``pool``: ``micro`` (the character model the
+    arith testbed was built for) on the arith testbed, ``small`` (SmolLM2-135M-Instruct) on
+    any other pool. Any other spec comes back as it is."""
+    if spec != AUTO:
+        return spec
+    if pool is None:
+        raise ValueError("scorer 'auto' is micro on the arith testbed and small on any other pool: it needs the pool "
+                         "(or name the scorer: micro, small, a hub id or a path)")
+    return "micro" if is_arith_pool(pool) else "small"
+
+
+def describe_model(spec: str) -> str:
+    """A model spec for people: ``small (SmolLM2-135M-Instruct)``, ``micro (0.11M-parameter character model)``."""
+    if spec == "small":
+        return "small (SmolLM2-135M-Instruct)"
+    if spec == AUTO:
+        return "auto (micro on the arith testbed, else small)"
+    if is_micro(spec):
+        c = MICRO_PRESETS[spec]
+        h, L, i = c.hidden_size, c.num_hidden_layers, c.intermediate_size
+        n = L * (4 * h * h + 3 * h * i + 2 * h) + h  # attention, MLP and norms; embeddings are a few K more
+        return f"{spec} (~{n / 1e6:.2g}M-parameter character model, trained here)"
+    return spec
+
+
+def quiet_length_warning(tokenizer):
+    """Silence transformers' "Token indices sequence length is longer than the specified maximum
+    sequence length" for a tokenizer whose caller truncates (or only counts) on purpose."""
+    flags = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(flags, dict):
+        flags["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer
 
 
 def tier_of(spec: str) -> str:
     """'micro' for the from-scratch presets (trained from scratch), else 'small' (LoRA on a pretrained model)."""
     return "micro" if is_micro(spec) else "small"
-
-
-def cache_root() -> Path:
-    root = os.environ.get("THRESHER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "thresher")
-    p = Path(root)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 @dataclass
@@ -93,20 +155,42 @@ def convert_gguf(gguf: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
-    (tmp / ".complete").write_text("ok")
-    if out.exists():
-        import shutil
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / ".complete").write_text("ok")
 
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return atomic_dir(out, fill)
+
+
+def looks_like_path(spec: str) -> bool:
+    """True for a spec that can only be a local path: it starts with ``.``, ``~`` or ``/``, has a
+    backslash, more than one ``/`` or a trailing one, ends in ``.gguf``, or exists on disk
+    (a hub id is ``NAME`` or ``ORG/NAME``)."""
+    s = str(spec)
+    return (s.startswith((".", "~", "/")) or "\\" in s or s.count("/") > 1 or s.endswith(("/", ".gguf"))
+            or Path(s).expanduser().exists())
+
+
+def check_model_spec(spec: str) -> None:
+    """Fail at once, naming the path, for a path-like model spec that does not exist (instead of
+    a hub lookup of a local path: "Repo id must use alphanumeric chars")."""
+    spec = str(spec)
+    if spec == AUTO:
+        raise ValueError("model 'auto' is a scorer setting resolved on the pool (micro on the arith testbed, else small); "
+                         "name a model here: micro, small, a hub id or a path")
+    if spec in TIERS or is_micro(spec):
+        return
+    target = spec.split("::", 1)[0] if "::" in spec else spec
+    if looks_like_path(target) and not Path(target).expanduser().exists():
+        what = "GGUF file" if target.endswith(".gguf") else "model directory"
+        raise FileNotFoundError(f"{what} not found: {target} (a model is micro, small, a hub id such as ORG/NAME, "
+                                "a directory written by `thresher train`, or a .gguf file)")
 
 
 def resolve_spec(spec: str) -> tuple[str, str | None]:
     """Map a model spec to (a directory or hub id, gguf file name or None)."""
+    check_model_spec(spec)
     if spec == "small":
         return str(convert_gguf(smollm2_gguf_path())), None
     if "::" in spec:
@@ -138,8 +222,6 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     if is_micro(spec):
-        from .micro import build_char_tokenizer
-
         return build_char_tokenizer()
     path, gguf_file = resolve_spec(spec)
     tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
@@ -151,13 +233,12 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 def load_model(spec: str, *, dtype: str | None = None, device: str | None = None, seed: int = 0,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load (model, tokenizer) for a spec. fp32 on CPU; bf16 on a GPU that supports it, else fp16."""
+    check_model_spec(spec)  # a local path that does not exist fails here, before torch is imported
     import torch
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if is_micro(spec):
-        from .micro import MICRO_PRESETS, build_char_tokenizer, build_micro_model
-
         tok = build_char_tokenizer()
         model = build_micro_model(tok, MICRO_PRESETS[spec], seed=seed).to(device)
         return LoadedModel(model, tok, spec, f"{spec}-init")
@@ -181,13 +262,11 @@ def load_model(spec: str, *, dtype: str | None = None, device: str | None = None
 def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
     """Save model + tokenizer as a regular HF directory (atomic rename)."""
     out = Path(out_dir)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(str(tmp), safe_serialization=True)
-    loaded.tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        import shutil
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_dir(out, lambda tmp: save_pretrained_dir(loaded.model, loaded.tokenizer, tmp))
 
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+
+def save_pretrained_dir(model, tokenizer, folder: Path) -> None:
+    """A model (or its LoRA adapter) and tokenizer as a regular HF folder."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))

@@ -20,52 +20,81 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from ..pool import Pool, write_jsonl
-from ..signals.base import VECTORS, Signal, make_signal, resolve
-from ..store import SignalStore
-
+from thresher.data.io import atomic_write_json
+from thresher.data.pool import Pool, write_jsonl
+from thresher.data.store import SignalStore
+from thresher.engine.local import read_signal
+from thresher.errors import ConfigError
+from thresher.params import validate_params
+from thresher.registry import Registry
+from thresher.signals.base import VECTORS, Signal, make_signal, resolve
 
 # --------------------------------------------------------------------------- budget
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A subset size: a fraction of the pool (0 < b <= 1) or a count (an integer >= 1)."""
+    """A subset size: a fraction of the pool (0 < b <= 1) or a count (an integer >= 1).
+
+    How a typed budget reads: ``0.3`` and ``30%`` are fractions; ``1500`` is a count; a
+    number with a decimal point up to 1 is a fraction, so ``1.0`` (and ``100%``) is the
+    whole pool while ``1`` is one row; ``1500.0`` is a count. A count larger than the pool
+    selects the whole pool and says so (:meth:`describe`, ``Selection.budget_note``).
+    """
 
     value: float
     is_fraction: bool
 
     @classmethod
-    def parse(cls, b: "str | float | int | Budget") -> "Budget":
+    def parse(cls, b: str | float | int | Budget) -> Budget:
         if isinstance(b, Budget):
             return b
         if isinstance(b, str):
             s = b.strip()
             if s.endswith("%"):
-                return cls.parse(float(s[:-1]) / 100)
+                try:
+                    pct = float(s[:-1])
+                except ValueError:
+                    raise ConfigError(f"budget {b!r}: expected a fraction like 0.3, a percentage like 30% or a count like 1500") from None
+                if not 0 < pct <= 100:
+                    raise ConfigError(f"budget {b!r}: a percentage must be in (0%, 100%]")
+                return cls.parse(pct / 100)
             try:
                 b = int(s) if s.isdigit() else float(s)
             except ValueError:
-                raise ValueError(f"budget {b!r}: expected a fraction like 0.3, a percentage like 30% or a count like 1500") from None
-        if isinstance(b, bool):
-            raise ValueError("budget must be a number")
+                raise ConfigError(f"budget {b!r}: expected a fraction like 0.3, a percentage like 30% or a count like 1500") from None
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise ConfigError(f"budget {b!r}: must be a number")
         if isinstance(b, int) or (isinstance(b, float) and b > 1 and float(b).is_integer()):
             if b < 1:
-                raise ValueError(f"budget {b}: a count must be >= 1")
+                raise ConfigError(f"budget {b}: a count must be >= 1")
             return cls(float(int(b)), False)
         if isinstance(b, float) and 0 < b <= 1:
             return cls(b, True)
-        raise ValueError(f"budget {b!r}: a fraction must be in (0, 1], a count an integer >= 1")
+        raise ConfigError(f"budget {b!r}: a fraction must be in (0, 1], a count an integer >= 1")
 
     def size(self, n: int) -> int:
         if self.is_fraction:
             return max(1, min(n, int(round(self.value * n))))
         return min(n, int(self.value))
 
+    def describe(self, n: int) -> str:
+        """The budget resolved on a pool of ``n`` rows, e.g. ``budget 1.0 = 100% of 2000 = 2000 rows``."""
+        k = self.size(n)
+        rows = f"{k} row{'s' if k != 1 else ''}"
+        if self.is_fraction:
+            return f"budget {self} = {self.value * 100:g}% of {n} = {rows}"
+        if self.value > n:
+            return f"budget {self} > pool {n}: selecting all {rows}"
+        return f"budget {self} = {rows} of {n}"
+
     def __str__(self) -> str:
-        return f"{self.value:g}" if self.is_fraction else str(int(self.value))
+        # a fraction always shows as one (1.0, never 1, which would read back as a count of one row)
+        if self.is_fraction:
+            return f"{self.value:.1f}" if float(self.value).is_integer() else f"{self.value:g}"
+        return str(int(self.value))
 
 
 # --------------------------------------------------------------------------- selection
@@ -84,6 +113,15 @@ class Selection:
     diagnostics: dict = field(default_factory=dict)
     seconds: float = 0.0
     created: float = field(default_factory=time.time)
+    #: the budget resolved on the pool (rows asked for), and what the user must know about it:
+    #: a count above the pool size, or a method that returned a different size (empty when neither)
+    n_requested: int | None = None
+    budget_note: str = ""
+    #: where the method wrote its plots, traces and reports (None when it wrote nothing)
+    artifacts_dir: str | None = None
+    #: what decontamination excluded before selection (test overlap) and found (dev overlap); see
+    #: :func:`thresher.decontam.exclude_test_overlap` (None: no task was given)
+    decontamination: dict | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,11 +140,9 @@ class Selection:
         rows = [pool.get(i) for i in self.ids]
         write_jsonl(out, rows)
         meta_path = meta_path_for(out)
-        tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
         meta = self.meta()
         meta["ids"] = self.ids
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, meta_path)
+        atomic_write_json(meta_path, meta)
         return out, meta_path
 
     @classmethod
@@ -139,8 +175,6 @@ class SignalView:
         self._cache: dict[str, dict[str, Any]] = {}
 
     def _read(self, signal: Signal) -> dict[str, Any]:
-        from ..engine import read_signal
-
         key = signal.key(self.pool)
         if key.digest not in self._cache:
             if not self.store.is_complete(key):
@@ -172,6 +206,24 @@ class SignalView:
         return self._read(sig)[VECTORS]
 
 
+class SubsetSignalView(SignalView):
+    """The signals of ``parent``'s pool restricted to ``pool``, a subset of it (e.g. the pool
+    without its test-contaminated examples): reads what is stored for the parent pool and keeps
+    the rows of ``pool``'s ids, in ``pool``'s order. Pool-scope values (cluster and group ids)
+    are the parent pool's: labels, still comparable with each other."""
+
+    def __init__(self, pool: Pool, parent: SignalView):
+        super().__init__(pool, parent.store)
+        self.parent = parent
+        self._rows = np.asarray(parent.pool.positions(pool.ids), dtype=np.int64)
+
+    def _read(self, signal: Signal) -> dict[str, Any]:
+        key = signal.key(self.parent.pool)
+        if key.digest not in self._cache:
+            self._cache[key.digest] = {k: np.asarray(v)[self._rows] for k, v in self.parent._read(signal).items()}
+        return self._cache[key.digest]
+
+
 # --------------------------------------------------------------------------- selectors
 
 
@@ -186,12 +238,13 @@ class Selector:
     uses_oracle: ClassVar[bool] = False
     uses_task: ClassVar[bool] = False
     artifacts_dir: Path | None = None
+    #: set by ``run()`` of a resumable method: the work done for this selection in earlier
+    #: sessions that it replayed from its trace instead of redoing (per ledger kind, the
+    #: fields of :meth:`CostLedger.summary`); None for a method that never replays
+    replayed_cost: dict | None = None
 
     def __init__(self, **params: Any):
-        try:
-            self.params = self.Params(**params)
-        except ValidationError as e:
-            raise ValueError(f"selector {self.name!r}: invalid params: {e}") from None
+        self.params = validate_params(self.Params, params, f"selector {self.name!r}")
 
     def required_signals(self) -> list[Signal]:
         return []
@@ -204,10 +257,16 @@ class Selector:
                artifacts_dir: str | os.PathLike | None = None) -> Selection:
         """Run the method. ``artifacts_dir`` (optional) is where a method may write its plots,
         traces and reports; it lists what it wrote in ``diagnostics["artifacts"]`` (paths
-        relative to that folder)."""
+        relative to that folder). A folder this call created and the method left empty is removed.
+
+        The selection records the resolved budget (``n_requested`` rows) and, in
+        ``budget_note``, a count larger than the pool (the whole pool is selected) or a method
+        that returned another number of rows than requested, and why."""
         b = Budget.parse(budget)
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        created_dir = False
         if self.artifacts_dir:
+            created_dir = not self.artifacts_dir.exists()
             self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         if self.uses_task and task is None:
             raise ValueError(f"selector {self.name!r} needs the task's dev split (task=...)")
@@ -218,49 +277,82 @@ class Selector:
         if oracle is not None and hasattr(oracle, "score_test"):
             oracle = oracle.dev_view()
         mark = oracle.ledger.mark() if oracle is not None else 0
+        self.replayed_cost = None
+        n = len(pool)
+        k = b.size(n)
         t0 = time.perf_counter()
-        ids, diag = self.run(pool, signals, b.size(len(pool)), task=task, seed=seed, oracle=oracle)
+        ids, diag = self.run(pool, signals, k, task=task, seed=seed, oracle=oracle)
         if len(set(ids)) != len(ids):
             raise RuntimeError(f"selector {self.name!r} returned duplicate ids")
-        cost = oracle.ledger.summary(mark) if oracle is not None else {}
+        cost = selection_cost(oracle.ledger.summary(mark) if oracle is not None else {}, self.replayed_cost)
+        wrote = None
+        if self.artifacts_dir is not None and self.artifacts_dir.is_dir():
+            if any(self.artifacts_dir.iterdir()):
+                wrote = str(self.artifacts_dir)
+            elif created_dir:
+                self.artifacts_dir.rmdir()
         return Selection(ids=list(ids), method=self.name, params=self.params.model_dump(mode="json"), budget=str(b), seed=seed,
-                         pool_fingerprint=pool.fingerprint, pool_size=len(pool), cost=cost, diagnostics=diag,
-                         seconds=time.perf_counter() - t0)
+                         pool_fingerprint=pool.fingerprint, pool_size=n, cost=cost, diagnostics=diag,
+                         seconds=time.perf_counter() - t0, n_requested=k,
+                         budget_note=self.budget_note(b, n, k, len(ids), diag), artifacts_dir=wrote)
+
+    def budget_note(self, budget: Budget, n: int, k: int, n_selected: int, diagnostics: dict) -> str:
+        """What the user must know about the budget ('' when the method selected exactly k of a
+        budget that fits the pool). Methods whose size is not the budget say why in
+        ``diagnostics["budget_note"]``; AutoSelection's ``budget_mode`` is named."""
+        notes = []
+        if not budget.is_fraction and budget.value > n:
+            notes.append(f"budget {budget} > pool {n}: selecting all")
+        if n_selected != k:
+            why = (diagnostics.get("budget_note") or diagnostics.get("note")) if isinstance(diagnostics, dict) else None
+            mode = diagnostics.get("budget_mode") if isinstance(diagnostics, dict) else None
+            if not why and mode == "free":
+                why = "budget_mode=free: the recipe sets the subset size; -p budget_mode=cap caps it at the budget"
+            elif not why and mode == "cap":
+                why = "budget_mode=cap caps every subset at the budget, but the best recipe kept fewer rows"
+            notes.append(f"budget not honoured: {self.name} selected {n_selected} of the {k} rows requested"
+                         + (f" ({why})" if why else ""))
+        return "; ".join(notes)
 
 
-SELECTORS: dict[str, type[Selector]] = {}
+COST_FIELDS = ("calls", "runs", "cached", "examples", "tokens", "seconds")
 
 
-def register_selector(cls: type[Selector]) -> type[Selector]:
-    if cls.name in SELECTORS and SELECTORS[cls.name] is not cls:
-        raise ValueError(f"selector {cls.name!r} is already registered")
-    SELECTORS[cls.name] = cls
-    return cls
+def selection_cost(session: dict, replayed: dict | None) -> dict:
+    """A selection's cost: all the work done for it, in this session and in earlier ones.
+
+    ``session`` is the ledger summary of this session (:meth:`CostLedger.summary` since the
+    selection began); ``replayed`` (same shape, from a resumable method's trace) is the work
+    of earlier sessions that this one replayed instead of redoing. Without ``replayed`` the
+    cost is ``session`` as it is. With it, every kind's fields are the totals over both, and
+    ``calls``, ``runs`` and ``seconds`` are also split into ``*_this_session`` and
+    ``*_replayed_from_trace``. Nothing is counted twice: a replayed step never reaches the
+    ledger, and a step done in this session is never in ``replayed``.
+    """
+    if replayed is None:
+        return session
+    out: dict[str, dict] = {}
+    for kind in list(session) + [k for k in replayed if k not in session]:
+        now, before = session.get(kind, {}), replayed.get(kind, {})
+        row = {f: now.get(f, 0) + before.get(f, 0) for f in COST_FIELDS}
+        row["seconds"] = float(row["seconds"])
+        for f in ("calls", "runs", "seconds"):
+            row[f"{f}_this_session"] = now.get(f, 0)
+            row[f"{f}_replayed_from_trace"] = before.get(f, 0)
+        row.update({f: v for f, v in before.items() if f not in COST_FIELDS})  # e.g. lines without a cost record
+        out[kind] = row
+    return out
 
 
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-
-    for mod in ("baselines", "thtb", "tmap", "autoselection", "harp"):
-        try:
-            importlib.import_module(f"thresher.select.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"thresher.select.{mod}":
-                raise
+#: every selection method by name; the built-in methods are imported on first access
+SELECTORS: Registry[type[Selector]] = Registry("selection method", (
+    "thresher.select.baselines", "thresher.select.thtb.selector", "thresher.select.tmap.selector",
+    "thresher.select.autoselection", "thresher.select.harp.selector"))
+register_selector = SELECTORS.register
 
 
 def selector_class(name: str) -> type[Selector]:
-    _load_builtin()
-    if name not in SELECTORS:
-        raise KeyError(f"unknown selection method {name!r}; known: {', '.join(sorted(SELECTORS))}")
-    return SELECTORS[name]
+    return SELECTORS.lookup(name)
 
 
 def make_selector(name: str, **params) -> Selector:
@@ -268,7 +360,6 @@ def make_selector(name: str, **params) -> Selector:
 
 
 def list_selectors() -> list[dict]:
-    _load_builtin()
     return [{"name": n, "description": c.description, "params": list(c.Params.model_fields)} for n, c in sorted(SELECTORS.items())]
 
 

@@ -1,4 +1,11 @@
-"""Baseline selectors: full, random, top-k on any signal, IFD (Cherry)."""
+"""Baseline selectors: full, random, top-k on any signal, IFD (Cherry), and the quality-based
+AlpaGasus, DEITA and CaR.
+
+A selector that ranks by a signal never returns an empty selection in silence: when the
+values it ranks by are NaN for every example (an unreachable judge in an old store, a
+judge whose every reply was rejected), it raises :class:`NoScoresError` saying which
+signal and column are missing and why.
+"""
 from __future__ import annotations
 
 import random
@@ -7,9 +14,35 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from ..signals.base import make_signal, resolve
-from ..signals.lm import LMSignal
-from .base import Selector, SelectorParams, register_selector, top_by
+from thresher.data.pool import assistant_text, record_text, user_text
+from thresher.errors import ThresherError
+from thresher.select.base import Selector, SelectorParams, register_selector, top_by
+from thresher.select.quality import quality_source
+from thresher.signals.base import make_signal, resolve
+from thresher.signals.lm import LMSignal
+
+
+class NoScoresError(ThresherError, ValueError):
+    """Every example lacks the value a selector ranks by (all NaN): there is nothing to rank."""
+
+
+def require_scores(method: str, values, what: str, signal=None) -> None:
+    """Raise :class:`NoScoresError` when ``values`` (what ``method`` ranks by) are NaN for every example.
+
+    ``what`` names the values (``quality 'judge' (column 'quality_norm' of signal 'judge_quality')``);
+    ``signal``, when it is an LLM-judge signal, adds the judge's URL and model to the reason.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not np.isnan(v).all():
+        return
+    if signal is not None and getattr(signal, "failed_column", ""):
+        why = (f"every judge reply for them failed or was rejected (column {signal.failed_column!r} is set on all "
+               f"rows; judge {signal.params.url}, model {signal.params.model!r}): fix the judge and score "
+               f"{signal.name!r} again")
+    else:
+        why = "the stored signal holds NaN for every row: check how it was scored and score it again"
+    raise NoScoresError(f"{method}: none of the {v.size} examples has a {what}; {why}. Nothing to rank, so nothing "
+                        f"would be selected")
 
 
 @register_selector
@@ -34,7 +67,10 @@ class RandomSelector(Selector):
 
 
 class ScorerParams(SelectorParams):
-    scorer: str = Field("micro", description="model for model-based signals (micro, small, hub id, path)")
+    # "auto" resolves on the pool where the signals are keyed and computed (Signal.for_pool):
+    # the micro tier belongs to the arith testbed, any other pool gets a real LM
+    scorer: str = Field("auto", description="model for model-based signals: auto (micro on the arith testbed, small = "
+                                            "SmolLM2-135M-Instruct on any other pool), micro, small, hub id, path")
     scorer_warmup: int | None = Field(None, description="examples for the scorer's brief warm-up (default: 300 for micro, 0 otherwise)")
     scorer_warmup_steps: int = Field(250, description="steps of that warm-up")
 
@@ -72,6 +108,7 @@ class TopKSelector(Selector):
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
         cls, _ = resolve(self.params.signal)
         vals = signals.column(self.params.signal, **_signal_params(cls, self.params))
+        require_scores(self.name, vals, f"value of {self.params.signal!r} (signal {cls.name!r})")
         ids, n_nan = top_by(vals, pool.ids, k, descending=self.params.direction == "high")
         return ids, {"excluded_nan": n_nan, "signal": self.params.signal, "direction": self.params.direction,
                      "shortfall": k - len(ids)}
@@ -121,9 +158,15 @@ class QualityParams(ScorerParams):
     judge_model: str = Field("small", description="model name sent to the judge endpoint")
 
     def source(self):
-        from .quality import quality_source
-
         return quality_source(self.quality, signal_params=self.lm_params(), judge_params={"url": self.judge_url, "model": self.judge_model})
+
+    def quality_values(self, method: str, signals) -> np.ndarray:
+        """The quality source's values; :class:`NoScoresError` when no example has one."""
+        src = self.source()
+        q = src.values(signals)
+        require_scores(method, q, f"quality score (quality={self.quality!r}: column {src.column!r} of signal "
+                                  f"{src.signal.name!r})", src.signal)
+        return q
 
 
 @register_selector
@@ -136,7 +179,7 @@ class AlpaGasusSelector(Selector):
         return [self.params.source().signal]
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
-        q = self.params.source().values(signals)
+        q = self.params.quality_values(self.name, signals)
         ids, n_nan = top_by(q, pool.ids, k, descending=True)
         return ids, {"quality": self.params.quality, "excluded_nan": n_nan, "shortfall": k - len(ids)}
 
@@ -161,16 +204,17 @@ class DeitaSelector(Selector):
     Params = DeitaParams
 
     def _complexity(self):
-        from .quality import quality_source
-
         return quality_source(self.params.complexity, signal_params=self.params.lm_params())
 
     def required_signals(self):
         return [self.params.source().signal, self._complexity().signal, self.params.embedding()]
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
-        q = self.params.source().values(signals)
-        c = self._complexity().values(signals)
+        q = self.params.quality_values(self.name, signals)
+        comp = self._complexity()
+        c = comp.values(signals)
+        require_scores(self.name, c, f"complexity score (complexity={self.params.complexity!r}: column {comp.column!r} "
+                                     f"of signal {comp.signal.name!r})", comp.signal)
         emb = np.asarray(signals.signal(self.params.embedding())["__vectors__"], dtype=np.float32)
         score = q * c
         order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable") if not np.isnan(score[i])]
@@ -228,7 +272,7 @@ class CaRSelector(Selector):
         return [self.params.source().signal, self.params.embedding(), self._kmeans()]
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
-        q = self.params.source().values(signals)
+        q = self.params.quality_values(self.name, signals)
         clusters = np.asarray(signals.signal(self._kmeans())["cluster"])
         ids = pool.ids
         qq = np.nan_to_num(q, nan=-np.inf)
@@ -256,6 +300,14 @@ class DSIRParams(SelectorParams):
     ngrams: int = Field(2, ge=1, le=3, description="unigrams up to this n")
     prior_mass: float = Field(100.0, gt=0, description="pseudo-counts of the raw distribution mixed into the target model (a small dev split is smoothed towards the pool, not towards uniform)")
     text: Literal["user", "answer", "all"] = Field("all", description="which side of each example is featurised")
+    weight: Literal["sum", "mean"] = Field("sum", description=(
+        "an example's log importance weight: 'sum' of its n-grams' log-ratios (the paper's, for fixed-length "
+        "chunks; on variable-length SFT examples it favours short ones) or their 'mean' (length-normalised)"))
+
+
+def _mean_or_zero(v: np.ndarray) -> float:
+    """The mean of ``v``; 0 (a neutral weight) for an example with no n-grams."""
+    return float(v.mean()) if len(v) else 0.0
 
 
 def hashed_ngrams(text: str, buckets: int, n: int) -> np.ndarray:
@@ -278,8 +330,6 @@ class DSIRSelector(Selector):
     uses_task = True
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
-        from ..pool import assistant_text, record_text, user_text
-
         side = {"user": user_text, "answer": assistant_text, "all": record_text}[self.params.text]
         B, n = self.params.buckets, self.params.ngrams
         feats = [hashed_ngrams(side(r), B, n) for r in pool]
@@ -291,7 +341,8 @@ class DSIRSelector(Selector):
         m = self.params.prior_mass
         p_tgt = (tgt + m * p_raw) / (tgt.sum() + m)  # Dirichlet prior centred on the pool distribution
         log_ratio = np.log(p_tgt) - np.log(p_raw)
-        logw = np.array([float(log_ratio[f].sum()) for f in feats])
+        reduce = np.sum if self.params.weight == "sum" else _mean_or_zero
+        logw = np.array([float(reduce(log_ratio[f])) for f in feats])
         gumbel = np.random.default_rng(seed).gumbel(size=len(logw))
         order = np.argsort(-(logw + gumbel), kind="stable")[:k]
         ids = pool.ids

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..signals.base import Signal, make_signal, resolve
+from thresher.signals.base import Signal, make_signal, resolve
 
 
 @dataclass

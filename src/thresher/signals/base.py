@@ -17,9 +17,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from ..store import SignalKey
+from thresher.data.store import SignalKey
+from thresher.errors import UnknownNameError
+from thresher.params import validate_params
+from thresher.registry import Registry
 
 VECTORS = "__vectors__"
 
@@ -40,13 +43,30 @@ class Signal:
     # example-scope signals that load a model can ask for a larger shard or a process of its own
     default_shard_size: ClassVar[int] = 2048
     heavy: ClassVar[bool] = False
+    #: the ``model`` param is the scorer: ``model="auto"`` resolves on the pool (:meth:`for_pool`)
+    scorer_model: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
-        try:
-            self.params = self.Params(**params)
-        except ValidationError as e:
-            raise ValueError(f"signal {self.name!r}: invalid params: {e}") from None
+        self.params = validate_params(self.Params, params, f"signal {self.name!r}")
         self._ready = False
+        #: set by the engine while a shard computes: called with the examples done so far (:meth:`advance`)
+        self.on_progress = None
+
+    def for_pool(self, pool) -> "Signal":
+        """This signal as it runs on ``pool``: a scorer ``model="auto"`` becomes the model it
+        resolves to there (:func:`thresher.models.load.resolve_scorer`), so ``auto`` never
+        enters a cache key; otherwise the signal itself."""
+        if self.scorer_model and getattr(self.params, "model", None) == "auto":
+            from thresher.models.load import resolve_scorer
+
+            return type(self)(**{**self.params.model_dump(), "model": resolve_scorer("auto", pool)})
+        return self
+
+    def advance(self, n: float) -> None:
+        """Report ``n`` more examples of the current shard done (for the engine's progress bar)."""
+        cb = getattr(self, "on_progress", None)
+        if cb is not None:
+            cb(n)
 
     # --- identity
     def model_id(self) -> str | None:
@@ -57,6 +77,9 @@ class Signal:
         return self.params.model_dump(mode="json")
 
     def key(self, pool) -> SignalKey:
+        sig = self.for_pool(pool)
+        if sig is not self:
+            return sig.key(pool)
         return SignalKey(pool.fingerprint, self.name, self.version, self.key_params(), self.model_id())
 
     def requires(self) -> list["Signal"]:
@@ -87,16 +110,15 @@ class Signal:
         return f"{type(self).__name__}({self.params.model_dump()})"
 
 
-SIGNALS: dict[str, type[Signal]] = {}
+#: every signal class by name; the built-in families are imported on first access
+SIGNALS: Registry[type[Signal]] = Registry("signal", tuple(f"thresher.signals.{m}" for m in (
+    "text", "lm", "embed", "geometry", "dedup", "judge", "heuristics", "reward")))
+#: column name -> the signal that produces it (a column belongs to exactly one signal)
 COLUMN_OWNERS: dict[str, str] = {}
 
 
 def register_signal(cls: type[Signal]) -> type[Signal]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in SIGNALS and SIGNALS[cls.name] is not cls:
-        raise ValueError(f"signal {cls.name!r} is already registered by {SIGNALS[cls.name].__name__}")
-    SIGNALS[cls.name] = cls
+    SIGNALS.register(cls)
     for c in cls.columns:
         owner = COLUMN_OWNERS.get(c)
         if owner is not None and owner != cls.name:
@@ -107,23 +129,21 @@ def register_signal(cls: type[Signal]) -> type[Signal]:
 
 def resolve(name: str) -> tuple[type[Signal], str | None]:
     """A signal name or one of its columns -> (signal class, column or None)."""
-    _load_builtin()
     if name in SIGNALS:
         return SIGNALS[name], None
     if name in COLUMN_OWNERS:
         return SIGNALS[COLUMN_OWNERS[name]], name
-    known = sorted(set(SIGNALS) | set(COLUMN_OWNERS))
-    raise KeyError(f"unknown signal {name!r}; known signals and columns: {', '.join(known)}")
+    raise UnknownNameError(SIGNALS.unknown_message(name, extra=list(COLUMN_OWNERS)))
 
 
 def make_signal(name: str, **params) -> Signal:
+    """The signal ``name`` (or the owner of column ``name``) with ``params``; an unknown param
+    is an error naming the accepted ones (a misspelt param must never compute the default)."""
     cls, _ = resolve(name)
-    accepted = set(cls.Params.model_fields)
-    return cls(**{k: v for k, v in params.items() if k in accepted})
+    return cls(**params)
 
 
 def list_signals() -> list[dict]:
-    _load_builtin()
     return [cls().describe() if _constructible(cls) else {"name": cls.name, "description": cls.description, "columns": list(cls.columns)} for cls in SIGNALS.values()]
 
 
@@ -134,20 +154,3 @@ def _constructible(cls) -> bool:
     except ValueError:
         return False
 
-
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-
-    for mod in ("text", "lm", "embed", "geometry", "dedup", "judge", "heuristics", "reward"):
-        try:
-            importlib.import_module(f"thresher.signals.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"thresher.signals.{mod}":
-                raise

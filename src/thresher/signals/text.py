@@ -13,11 +13,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Signal, SignalParams, register_signal
+from thresher.models.load import load_tokenizer, model_identity, quiet_length_warning
+from thresher.signals.base import Signal, SignalParams, register_signal
 
 
 class TextParams(SignalParams):
-    model: str = Field("micro", description="whose tokenizer counts tokens (micro, small, hub id or path)")
+    model: str = Field("auto", description="whose tokenizer counts tokens: auto (micro on the arith testbed, small on any other pool), micro, small, hub id or path")
 
 
 @register_signal
@@ -29,16 +30,15 @@ class TextStats(Signal):
     Params = TextParams
     description = "characters and tokenizer tokens of the user and assistant sides, and the number of assistant turns"
     default_shard_size = 4096
+    scorer_model = True  # model="auto" resolves on the pool, like the lm signal's scorer
+    scorer_role = "tokenizer"
 
     def model_id(self) -> str | None:
-        from ..models.load import model_identity
-
         return model_identity(self.params.model)
 
     def setup(self) -> None:
-        from ..models.load import load_tokenizer
-
-        self.tokenizer = load_tokenizer(self.params.model)
+        # counting tokens of any length is the point: no "longer than the maximum" warning
+        self.tokenizer = quiet_length_warning(load_tokenizer(self.params.model))
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         users = ["\n\n".join(m["content"] for m in r["messages"] if m["role"] != "assistant") for r in records]

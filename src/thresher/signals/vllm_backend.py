@@ -52,8 +52,9 @@ class VLLMScorer:
         self.llm = LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, max_logprobs=topk,
                        max_model_len=max_model_len, trust_remote_code=trust_remote_code, enable_prefix_caching=False)
 
-    def answer_stats(self, seqs: list[tuple[list[int], list[bool]]]):
-        """Same contract as :func:`thresher.signals.lm.batched_answer_stats` with ``full=True``."""
+    def answer_stats(self, seqs: list[tuple[list[int], list[bool]]], token_ce: bool = False):
+        """Same contract as :func:`thresher.signals.lm.batched_answer_stats` with ``full=True``
+        (and its ``token_ce``: per sequence, the CE of each counted answer target, in order)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -61,6 +62,7 @@ class VLLMScorer:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s, _ in seqs], sp, use_tqdm=True)
         sums = np.zeros((len(seqs), 3), dtype=np.float64)
         counts = np.zeros(len(seqs), dtype=np.int64)
+        per_token = [[] for _ in seqs]
         for i, ((ids, mask), out) in enumerate(zip(seqs, outs)):
             plp = out.prompt_logprobs  # position t holds {token_id: Logprob} for token t (None at t=0)
             for t in range(1, len(ids)):
@@ -69,6 +71,10 @@ class VLLMScorer:
                 cand = plp[t]
                 actual = cand[ids[t]].logprob
                 h, v = truncated_entropy_stats([c.logprob for c in cand.values()])
-                sums[i] += (-actual if math.isfinite(actual) else np.inf, h, v)
+                ce = -actual if math.isfinite(actual) else np.inf
+                sums[i] += (ce, h, v)
                 counts[i] += 1
+                per_token[i].append(ce)
+        if token_ce:
+            return sums, counts, [np.asarray(c, dtype=np.float64) for c in per_token]
         return sums, counts

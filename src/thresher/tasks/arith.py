@@ -15,12 +15,13 @@ Everything is a deterministic function of the seed.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pool import Pool, read_jsonl, write_jsonl
-from .base import PromptFormat, Task, TaskItem
+from thresher.data.pool import Pool, write_jsonl
+from thresher.tasks.base import PromptFormat, Task, TaskItem
+from thresher.tasks.base import defect_counts as _defect_counts
+from thresher.tasks.base import read_defect_labels  # noqa: F401  (re-exported: bench and tests import it from here)
 
 NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lu"]
 ITEMS = ["pens", "cups", "apples", "books", "coins", "cards", "eggs", "hats", "rocks", "toys"]
@@ -251,12 +252,7 @@ class ArithTestbed:
         return pool, task, labels
 
 
-def read_defect_labels(path: str | Path) -> dict[str, str]:
-    """Read a ``defects.jsonl`` side file (diagnostics only: selectors never call this)."""
-    return {r["id"]: r["defect"] for r in read_jsonl(path)}
-
-
 def defect_counts(ids, labels: dict[str, str]) -> dict[str, int]:
-    """How many of each hidden label a selection kept."""
-    c = Counter(labels.get(i, "unknown") for i in ids)
-    return {k: c.get(k, 0) for k in ("clean",) + DEFECTS}
+    """How many of each hidden label a selection kept (the arith labels, then any other label in ``labels``,
+    e.g. the gsm8k-mix testbed's ``no_reasoning``)."""
+    return _defect_counts(ids, labels, DEFECTS)

@@ -5,15 +5,18 @@ A task bundles a dev split (the only split selection may look at), a test split
 
 Selectors and searches receive a :class:`DevTask` (dev split, prompt format,
 extraction, metric; no test items). The test split is reachable only through
-:func:`thresher.oracle.Oracle.score_test`, which scores each final selection once and
-records that it did.
+:func:`thresher.oracle.core.Oracle.score_test`, which scores each final selection once and
+records that it did. Decontamination (:mod:`thresher.decontam`) also reads the test
+text, only to find the pool examples that overlap it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
@@ -164,8 +167,33 @@ class Task(DevTask):
         return len(self._test)
 
     def _sealed_test(self) -> list[TaskItem]:
-        # Only the oracle's final scoring calls this (see thresher.oracle.Oracle.score_test).
+        # Only the oracle's final scoring calls this (see thresher.oracle.core.Oracle.score_test), and
+        # thresher.decontam, which compares the test text with the pool and never returns it.
         return self._test
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, dev={len(self.dev)}, test={len(self._test)}, domains={self.domains})"
+
+
+# --------------------------------------------------------------------------- hidden defect labels (testbeds)
+
+
+def read_defect_labels(path: str | os.PathLike) -> dict[str, str]:
+    """Read a testbed's ``defects.jsonl`` side file (``{"id", "defect", ...}`` a line) as ``{id: defect}``.
+
+    Diagnostics only: selectors never call this.
+    """
+    from thresher.data.pool import read_jsonl
+
+    return {r["id"]: r["defect"] for r in read_jsonl(path)}
+
+
+def defect_counts(ids: Iterable[str], labels: dict[str, str], kinds: Sequence[str] = ()) -> dict[str, int]:
+    """How many of each hidden label a selection kept.
+
+    Keys: ``clean``, then ``kinds`` (a testbed's defect names, always present), then any
+    other label that occurs in ``labels`` (sorted). Ids without a label are not counted.
+    """
+    c = Counter(labels.get(i, "unknown") for i in ids)
+    extra = sorted({v for v in labels.values()} - {"clean", *kinds})
+    return {k: c.get(k, 0) for k in ("clean", *kinds, *extra)}

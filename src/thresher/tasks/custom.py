@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..pool import PoolFormatError, _iter_jsonl
-from .base import EXTRACTORS, PromptFormat, Task, TaskItem
+from thresher.data.pool import PoolFormatError, _iter_jsonl
+from thresher.errors import ConfigError, DataFormatError
+from thresher.tasks.base import EXTRACTORS, PromptFormat, Task, TaskItem
 
 __all__ = [
     "TaskConfigError",
@@ -58,7 +59,7 @@ CUSTOM_TASK_KEYS: dict[str, Any] = {
 }
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(ConfigError):
     """A task definition problem: names the YAML file and the key."""
 
     def __init__(self, path: str | os.PathLike | None, key: str | None, message: str):
@@ -69,7 +70,7 @@ class TaskConfigError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class TaskDataError(ValueError):
+class TaskDataError(DataFormatError):
     """A bad row in a task's data file: names the file, the line (1-based) and the field."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, message: str):

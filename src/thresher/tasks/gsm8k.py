@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pool import Pool, normalise_row
-from .base import PromptFormat, Task, TaskItem, normalise_number
-from .custom import TaskDataError, iter_jsonl_rows
+from thresher.data.pool import Pool, normalise_row
+from thresher.tasks.base import PromptFormat, Task, TaskItem, normalise_number
+from thresher.tasks.custom import TaskDataError, iter_jsonl_rows
 
 __all__ = [
     "GSM8K_HUB",

@@ -13,34 +13,40 @@ Operators: :mod:`.operators`; optional LLM proposer/ranker: :mod:`.llm`; plots: 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from ..base import Selector, SelectorParams, register_selector, unique_signals
-from .operators import (
+from thresher.select.autoselection.llm import LLMAdvisor
+from thresher.select.autoselection.operators import (
     OPERATORS,
     RecipeContext,
     SignalSettings,
     operator_catalog,
     register_operator,
 )
-from .recipe import (
+from thresher.select.autoselection.plots import plot_search_trace
+from thresher.select.autoselection.recipe import (
     Recipe,
     RecipeError,
     RecipeFile,
     as_recipe,
     load_recipe,
-    run_recipe,
     save_recipe,
     state_signals,
 )
-from .search import (
+from thresher.select.autoselection.search import (
     RandomRecipeSearch,
     RecipeSearch,
     SearchConfig,
     library_signals,
     read_trace,
+)
+from thresher.select.base import (
+    Selector,
+    SelectorParams,
+    register_selector,
+    unique_signals,
 )
 
 __all__ = [
@@ -60,7 +66,7 @@ __all__ = [
     "operator_catalog",
     "read_trace",
     "register_operator",
-    "run_recipe",
+
     "save_recipe",
 ]
 
@@ -85,13 +91,15 @@ class AutoSelectionParams(SearchConfig):
     signals: SignalSettings = Field(default_factory=SignalSettings, description="which stored signals operators and the state read")
     llm: dict[str, Any] | None = Field(None, description="LLM endpoint settings (url, model, api_key_env, ...) for proposer/ranker 'llm'")
     trace_path: str | None = Field(None, description="trace JSONL (default: <artifacts>/trace.jsonl); a rerun resumes from it")
+    budget_mode: Literal["free", "cap"] = Field(
+        "cap", description="cap (default): cap every subset at the budget k, so a selection never exceeds the budget "
+        "typed (a recipe may keep fewer); free: the recipe sets the size (k only in budget_used), the paper's form")
 
 
 def _artifacts(sel: Selector, result, search: RecipeSearch, title: str) -> list[str]:
     """Write the best recipe (YAML) and the trace plot into the artifacts folder; list them."""
     if sel.artifacts_dir is None:
         return []
-    from .plots import plot_search_trace
 
     out = []
     save_recipe(result.best.recipe, sel.artifacts_dir / "best_recipe.yaml", settings=search.ctx.settings,
@@ -137,7 +145,6 @@ class _SearchSelector(Selector):
         trace = p.trace_path or (self.artifacts_dir / "trace.jsonl" if self.artifacts_dir else None)
         advisor = None
         if p.proposer == "llm" or p.ranker == "llm":
-            from .llm import LLMAdvisor
 
             advisor = LLMAdvisor(p.llm or {}, ledger=oracle.ledger)
         return self.search_class(ctx, oracle, config, seed=seed, k=k, trace_path=trace, advisor=advisor, label=self.name)
@@ -146,6 +153,8 @@ class _SearchSelector(Selector):
         _check_task(self.params.signals, task)
         search = self.search(pool, signals, k, seed, oracle)
         result = search.run()
+        # work done in earlier sessions and replayed from the trace: the selection's cost includes it
+        self.replayed_cost = search.replayed_cost()
         diag = _diagnostics(result, search)
         if search.advisor is not None:
             diag["llm"] = search.advisor.stats

@@ -5,8 +5,8 @@ The rule-based proposer and the GP-UCB ranker are the defaults and need no netwo
 ``ranker="llm"`` it asks the model to pick one of the executed candidates (shown with their
 realised states and the surrogate's mu/sigma).
 
-Requests go through :class:`thresher.judge_client.JudgeClient` (retries, backoff, API key
-from the environment only) and replies are kept in a :class:`~thresher.judge_client.ReplyCache`
+Requests go through :class:`thresher.judge.client.JudgeClient` (retries, backoff, API key
+from the environment only) and replies are kept in a :class:`~thresher.judge.client.ReplyCache`
 (so a resumed search gets the same replies and replays identically). Only recipes and numbers
 are sent, never pool text. Replies are parsed strictly:
 
@@ -27,8 +27,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .operators import OPERATORS
-from .recipe import Recipe, RecipeError
+from thresher.data.ledger import LedgerEntry
+from thresher.data.paths import cache_root
+from thresher.errors import ThresherError
+from thresher.judge.client import JudgeClient, ReplyCache, reply_cache_key
+from thresher.select.autoselection.operators import OPERATORS
+from thresher.select.autoselection.recipe import Recipe, RecipeError
 
 PROMPT_VERSION = 1
 
@@ -48,7 +52,7 @@ class LLMSettings(BaseModel):
     cache_dir: str | None = Field(None, description="reply cache folder (default <THRESHER_CACHE>/judge)")
 
 
-class ReplyInvalid(ValueError):
+class ReplyInvalid(ThresherError, ValueError):
     """A reply that does not follow the requested JSON schema."""
 
 
@@ -122,7 +126,6 @@ class LLMAdvisor:
     """Asks an OpenAI-compatible model for recipe edits and candidate picks; counts every failure."""
 
     def __init__(self, settings: LLMSettings | dict | None = None, ledger=None):
-        from ...judge_client import JudgeClient, ReplyCache
 
         self.settings = settings if isinstance(settings, LLMSettings) else LLMSettings(**(settings or {}))
         s = self.settings
@@ -131,7 +134,6 @@ class LLMAdvisor:
         if s.cache_dir:
             cache_dir = Path(s.cache_dir)
         else:
-            from ...models.load import cache_root
 
             cache_dir = cache_root() / "judge"
         self.cache = ReplyCache(cache_dir / f"autoselection-v{PROMPT_VERSION}.jsonl")
@@ -145,8 +147,6 @@ class LLMAdvisor:
 
     def ask(self, prompt_id: str, user: str) -> tuple[str | None, str | None]:
         """(reply text, None) or (None, failure reason). Replies are cached; transport failures are not."""
-        from ...judge_client import reply_cache_key
-        from ...ledger import LedgerEntry
 
         s = self.settings
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

@@ -46,14 +46,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from ...pool import Pool
-from ...signals.base import Signal, make_signal
-from ...signals.embed import DEFAULT_ENCODER, EmbedText
+from thresher.data.pool import Pool, user_text
+from thresher.errors import ConfigError
+from thresher.params import validate_params
+from thresher.registry import Registry
+from thresher.select.quality import quality_source
+from thresher.signals.base import Signal, make_signal
+from thresher.signals.embed import DEFAULT_ENCODER, EmbedText
+from thresher.signals.heuristics import bloom_verbs_found
 
 # --------------------------------------------------------------------------- settings and context
 
@@ -191,11 +195,7 @@ class Operator:
     Params: ClassVar[type[OperatorParams]] = OperatorParams
 
     def __init__(self, **params: Any):
-        try:
-            self.params = self.Params(**params)
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'params'}: {err['msg']}" for err in e.errors())
-            raise ValueError(f"operator {self.name!r}: invalid params: {problems}") from None
+        self.params = validate_params(self.Params, params, f"operator {self.name!r}")
 
     # --- identity
     def to_dict(self, full: bool = True) -> dict:
@@ -230,24 +230,16 @@ class Operator:
         return 1.0
 
 
-OPERATORS: dict[str, type[Operator]] = {}
-
-
-def register_operator(cls: type[Operator]) -> type[Operator]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in OPERATORS and OPERATORS[cls.name] is not cls:
-        raise ValueError(f"operator {cls.name!r} is already registered by {OPERATORS[cls.name].__name__}")
-    OPERATORS[cls.name] = cls
-    return cls
+#: every recipe operator by name: the built-ins below, and ``union`` (a recipe of recipes) in recipe.py
+OPERATORS: Registry[type[Operator]] = Registry("operator", ("thresher.select.autoselection.recipe",))
+register_operator = OPERATORS.register
 
 
 def make_operator(name: str, params: dict | None = None) -> Operator:
-    if name not in OPERATORS:
-        raise KeyError(f"unknown operator {name!r}; known operators: {', '.join(sorted(OPERATORS))}")
+    cls = OPERATORS.lookup(name)
     if params is not None and not isinstance(params, dict):
-        raise ValueError(f"operator {name!r}: params must be a mapping, got {type(params).__name__}")
-    return OPERATORS[name](**(params or {}))
+        raise ConfigError(f"operator {name!r}: params must be a mapping, got {type(params).__name__}")
+    return cls(**(params or {}))
 
 
 def operator_catalog() -> list[dict]:
@@ -398,8 +390,6 @@ class BranchingFilterParams(FilterParams):
 
 def verb_count(record: dict) -> int:
     """Distinct action verbs (Bloom verb lists) in the user turns: the no-parser branching proxy."""
-    from ...pool import user_text
-    from ...signals.heuristics import bloom_verbs_found
 
     return len(bloom_verbs_found(user_text(record)))
 
@@ -428,7 +418,6 @@ class QualityFilterParams(FilterParams):
     @field_validator("quality")
     @classmethod
     def _check_quality(cls, v: str) -> str:
-        from ..quality import quality_source
 
         quality_source(v)  # raises a ValueError naming the spec
         return v
@@ -441,7 +430,6 @@ class QualityFilter(TopFractionFilter):
     Params = QualityFilterParams
 
     def _source(self, settings: SignalSettings):
-        from ..quality import quality_source
 
         return quality_source(self.params.quality, signal_params=settings.lm_params())
 
@@ -684,41 +672,3 @@ class SourceMix(Operator):
     @classmethod
     def random_params(cls, rng, ctx):
         return {"weights": {s: rng.choice((0.5, 1.0, 2.0)) for s in ctx.source_names()}}
-
-
-class UnionParams(OperatorParams):
-    recipe: list[dict[str, Any]] = Field(..., description="another recipe (a list of {op: params}) run on the whole pool")
-
-    @field_validator("recipe")
-    @classmethod
-    def _check_recipe(cls, steps):
-        from .recipe import Recipe
-
-        Recipe.from_list(steps, where="union.recipe")  # validates every nested step, naming it
-        return steps
-
-
-@register_operator
-class Union(Operator):
-    name = "union"
-    role = "set"
-    description = "the input plus what another recipe selects from the whole pool (recovers data from another branch)"
-    Params = UnionParams
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        from .recipe import Recipe
-
-        self.other = Recipe.from_list(self.params.recipe, where="union.recipe")
-
-    def required_signals(self, settings):
-        return self.other.required_signals(settings)
-
-    def apply(self, keep, ctx):
-        other = self.other.positions(ctx)
-        kept = np.union1d(np.asarray(keep, dtype=np.int64), other)
-        return StepOutcome(kept, notes={"other_selected": len(other), "added": int(len(kept) - len(keep))})
-
-    @classmethod
-    def applicable(cls, ctx):
-        return True

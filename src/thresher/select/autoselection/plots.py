@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.select.autoselection.search import best_so_far
+
 PHASE_COLOURS = {"warmup": "tab:gray", "edit": "tab:blue", "reseed": "tab:orange", "random": "tab:green"}
 
 
@@ -26,7 +28,6 @@ def _pyplot():
 def plot_search_trace(lines: list[dict], path: str | os.PathLike, title: str = "recipe search") -> Path:
     """Oracle score per evaluation (coloured by phase), the surrogate's mu +/- sigma for each
     pick, and the best-so-far line; the retain ratio of each evaluated subset below."""
-    from .search import best_so_far
 
     plt = _pyplot()
     x = np.arange(1, len(lines) + 1)

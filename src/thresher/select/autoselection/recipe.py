@@ -28,19 +28,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from ...signals.base import Signal
-from .operators import (
+from thresher.data.io import atomic_write_text
+from thresher.errors import ConfigError
+from thresher.select.autoselection.operators import (
     OPERATORS,
     Operator,
+    OperatorParams,
     RecipeContext,
     SignalSettings,
+    StepOutcome,
     Truncate,
     make_operator,
+    register_operator,
 )
+from thresher.signals.base import Signal
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe (file or list) that cannot be parsed or validated; the message names where."""
 
 
@@ -314,6 +320,43 @@ class Recipe:
         return Execution(positions=keep, ids=ids, state=realised_state(keep, ctx, k), steps=trace)
 
 
+# --------------------------------------------------------------------------- the composite operator
+
+
+class UnionParams(OperatorParams):
+    recipe: list[dict[str, Any]] = Field(..., description="another recipe (a list of {op: params}) run on the whole pool")
+
+    @field_validator("recipe")
+    @classmethod
+    def _check_recipe(cls, steps):
+        Recipe.from_list(steps, where="union.recipe")  # validates every nested step, naming it
+        return steps
+
+
+@register_operator
+class Union(Operator):
+    name = "union"
+    role = "set"
+    description = "the input plus what another recipe selects from the whole pool (recovers data from another branch)"
+    Params = UnionParams
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.other = Recipe.from_list(self.params.recipe, where="union.recipe")
+
+    def required_signals(self, settings):
+        return self.other.required_signals(settings)
+
+    def apply(self, keep, ctx):
+        other = self.other.positions(ctx)
+        kept = np.union1d(np.asarray(keep, dtype=np.int64), other)
+        return StepOutcome(kept, notes={"other_selected": len(other), "added": int(len(kept) - len(keep))})
+
+    @classmethod
+    def applicable(cls, ctx):
+        return True
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -401,10 +444,7 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike, settings: SignalSetting
                 description: str = "") -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    tmp.write_text(recipe_yaml(recipe, settings, name, description))
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(p, recipe_yaml(recipe, settings, name, description))
 
 
 def as_recipe(recipe: Recipe | RecipeFile | list | str | os.PathLike) -> RecipeFile:
@@ -423,46 +463,3 @@ def as_recipe(recipe: Recipe | RecipeFile | list | str | os.PathLike) -> RecipeF
             return parse_recipe_yaml(s)
         raise RecipeError(f"recipe {s!r}: not a file (expected a .yaml path, YAML text or a list of steps)")
     raise RecipeError(f"recipe: expected a path, YAML text, a list of steps or a Recipe, got {type(recipe).__name__}")
-
-
-# --------------------------------------------------------------------------- the `thresher recipe run` entry point
-
-
-def run_recipe(recipe, pool, out: str | os.PathLike | None = None, *, store: str | os.PathLike | None = None,
-               budget=None, cap_to_budget: bool = False, settings: dict | SignalSettings | None = None,
-               compute_missing: bool = False, engine: str = "local", show_progress: bool = True):
-    """Execute a recipe on a pool; write the subset (``out``, JSONL + ``.meta.json``) and its state.
-
-    ``recipe``: a YAML path (or text, or a list of steps). ``settings`` override the file's
-    ``signals`` section. ``budget`` (optional) only sets k for ``budget_used`` unless
-    ``cap_to_budget``. With ``compute_missing`` the signals the recipe and its state read are
-    computed first (a separate step; executing the recipe itself never computes).
-    Returns (Selection, state dict); the state is also written to ``<out stem>.state.json``.
-    """
-    from ...api import as_pool, default_store
-    from ...engine import run_signal
-    from ...store import SignalStore
-    from ..base import Budget, SignalView
-    from . import RecipeSelector
-
-    pool = as_pool(pool)
-    rf = as_recipe(recipe)
-    params: dict[str, Any] = {"recipe": rf.recipe.to_list(full=True), "cap_to_budget": cap_to_budget}
-    chosen = settings if settings is not None else rf.settings
-    if chosen is not None:
-        params["signals"] = chosen.model_dump(mode="json") if isinstance(chosen, SignalSettings) else dict(chosen)
-    selector = RecipeSelector(**params)
-    st = SignalStore(store or default_store())
-    if compute_missing:
-        for sig in selector.required_signals():
-            run_signal(sig, pool, st, engine=engine, show_progress=show_progress)
-    sel = selector.select(pool, SignalView(pool, st), Budget.parse(budget if budget is not None else 1.0))
-    if out:
-        out = Path(out)
-        sel.save(out, pool)
-        state_path = out.with_name(out.name.rsplit(".", 1)[0] + ".state.json")
-        tmp = state_path.with_name(state_path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"recipe": sel.diagnostics["recipe"], "state": sel.diagnostics["state"],
-                                   "steps": sel.diagnostics["steps"]}, indent=1))
-        os.replace(tmp, state_path)
-    return sel, sel.diagnostics["state"]

@@ -45,6 +45,22 @@ a header line naming the search's config. A rerun with the same trace path repla
 lines: the search runs its deterministic logic again and takes the recorded scores instead
 of calling the oracle (a recipe that does not match its recorded line is an error), then
 continues. A torn last line (a kill mid-write) is dropped and counted.
+
+**Cost across sessions (decision).** Each evaluation line records what its oracle call cost
+when it was first done (``cost``: calls, runs, cached, examples, tokens, seconds -- the
+ledger's account of that call, so a call the oracle cache answered is ``runs: 0, cached:
+1``). A replayed evaluation costs nothing now but its work was spent for this search, so
+:meth:`RecipeSearch.replayed_cost` sums the recorded costs of the replayed lines and the
+selector reports them with this session's ledger: the selection's cost is the total over
+all sessions (``runs`` = every oracle run this search made), split into
+``runs_this_session`` and ``runs_replayed_from_trace`` (see
+:func:`thresher.select.base.selection_cost`). A line is written once, by the session that
+did the work, so nothing is counted twice. Lines from before this field (no ``cost``) count
+one call, one run unless ``cached``, and their wall ``seconds``; they are counted under
+``replayed_without_cost_record``. Not counted: an oracle run cut off by the kill (its
+partial work left no result), and the rare run that finished but whose line a kill
+prevented (milliseconds apart): on resume the oracle cache answers it, so it counts as
+cached.
 """
 from __future__ import annotations
 
@@ -61,15 +77,24 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .operators import (
+from thresher.data.io import atomic_write_text
+from thresher.progress import progress
+from thresher.select.autoselection.operators import (
     OPERATORS,
     Operator,
     RecipeContext,
+    TaskRelevanceFilter,
+    ThresholdDedup,
     Truncate,
-    Union,
     make_operator,
 )
-from .recipe import Execution, RealisedState, Recipe
+from thresher.select.autoselection.recipe import (
+    Execution,
+    RealisedState,
+    Recipe,
+    Union,
+    pool_reference,
+)
 
 TRACE_VERSION = 1
 #: operators that the random generators and the motif never draw as "filters"
@@ -116,7 +141,6 @@ def library_signals(names: list[str] | None, settings, operator_defaults: dict |
     """Every stored signal the search's operators may read: each operator at its defaults
     (plus ``operator_defaults``), every dedup threshold on its grid, task relevance overall
     and per dev domain."""
-    from .operators import TaskRelevanceFilter, ThresholdDedup
 
     out: dict[str, Any] = {}
     for name in names or sorted(OPERATORS):
@@ -180,6 +204,8 @@ class Evaluation:
     seconds: float = 0.0
     replayed: bool = False
     llm: dict = field(default_factory=dict)
+    #: what the oracle call cost when first done (see :func:`oracle_call_cost`)
+    cost: dict = field(default_factory=dict)
 
     def line(self) -> dict:
         return {"kind": "evaluation", "index": self.index, "phase": self.phase, "trajectory": self.trajectory,
@@ -188,7 +214,35 @@ class Evaluation:
                 "state": self.execution.state.to_dict(), "steps": self.execution.steps, "mu": _r(self.mu),
                 "sigma": _r(self.sigma), "ucb": _r(self.ucb), "score": self.score, "per_domain": self.per_domain,
                 "cached": self.cached, "parent": self.parent, "edit": self.edit, "candidates": self.candidates,
-                "best_so_far": self.best_so_far, "seconds": round(self.seconds, 3), "llm": self.llm}
+                "best_so_far": self.best_so_far, "seconds": round(self.seconds, 3), "llm": self.llm, "cost": self.cost}
+
+
+ORACLE_COST_FIELDS = ("calls", "runs", "cached", "examples", "tokens", "seconds")
+
+
+def oracle_call_cost(score, ledger_summary: dict | None = None) -> dict:
+    """What one oracle call cost: the ledger's account of it (``ledger_summary``: the
+    ``"oracle"`` entry of :meth:`CostLedger.summary` over that call) when there is one, else
+    from the :class:`Score` (a cached answer costs no run, examples, tokens or seconds)."""
+    if ledger_summary:
+        out = {f: ledger_summary.get(f, 0) for f in ORACLE_COST_FIELDS}
+    elif score.cached:
+        out = {"calls": 1, "runs": 0, "cached": 1, "examples": 0, "tokens": 0, "seconds": 0.0}
+    else:
+        out = {"calls": 1, "runs": 1, "cached": 0, "examples": int(score.n_examples), "tokens": int(score.tokens),
+               "seconds": float(score.seconds)}
+    out["seconds"] = round(float(out["seconds"]), 3)
+    return out
+
+
+def recorded_cost(line: dict) -> tuple[dict, bool]:
+    """(cost, whether the line recorded it) of a trace evaluation line; a line written before
+    the ``cost`` field counts one call, one run unless cached, and its wall seconds."""
+    if isinstance(line.get("cost"), dict):
+        return {f: line["cost"].get(f, 0) for f in ORACLE_COST_FIELDS}, True
+    cached = bool(line.get("cached"))
+    return {"calls": 1, "runs": 0 if cached else 1, "cached": int(cached), "examples": 0, "tokens": 0,
+            "seconds": 0.0 if cached else float(line.get("seconds") or 0.0)}, False
 
 
 def _r(x, nd: int = 6):
@@ -212,7 +266,6 @@ def state_features(state: RealisedState, ctx: RecipeContext) -> list[float]:
     """The realised state as numbers: ratios, drift, relevance shifts (in pool standard
     deviations), relative IFD/varentropy clipped to [0, 2] / 2, and budget_used clipped to 3 / 3.
     Parts that were not computed are 0 for every recipe (so they carry no weight)."""
-    from .recipe import pool_reference
 
     ref = pool_reference(ctx) if state.n_selected else {}
     f = [state.retain_ratio, state.token_ratio or 0.0, state.drift or 0.0]
@@ -328,9 +381,7 @@ class Trace:
             self._write_all(parsed)
 
     def _write_all(self, records: list[dict]) -> None:
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in records))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 
     def append(self, record: dict) -> None:
         if self.path is None:
@@ -418,7 +469,7 @@ class RecipeSearch:
         self.trajectory = 0
         self.stats = {"candidates_executed": 0, "candidates_discarded_duplicate": 0, "candidates_discarded_empty": 0,
                       "candidates_discarded_too_long": 0, "steps_without_loosening": 0, "steps_without_tightening": 0,
-                      "reseeds": 0, "replayed": 0, "oracle_cached": 0, "oracle_new_runs": 0,
+                      "reseeds": 0, "replayed": 0, "replayed_without_cost_record": 0, "oracle_cached": 0, "oracle_new_runs": 0,
                       "trace_lines_dropped": self.trace.dropped_lines, "stopped": ""}
         self.surrogate = Surrogate(seed=seed, restarts=self.config.gp_restarts)
 
@@ -459,22 +510,42 @@ class RecipeSearch:
                 raise ValueError(f"trace {self.trace.path}: evaluation {i} recorded {rec.get('describe')!r} but the search "
                                  f"now proposes {recipe.describe()!r}; the trace is from a different run (delete it)")
             score, per_domain, cached, replayed = float(rec["score"]), dict(rec.get("per_domain") or {}), bool(rec["cached"]), True
+            cost, recorded = recorded_cost(rec)
             self.stats["replayed"] += 1
+            self.stats["replayed_without_cost_record"] += 0 if recorded else 1
         else:
+            ledger = getattr(self.oracle, "ledger", None)
+            mark = ledger.mark() if ledger is not None else 0
             sc = self.oracle.score(execution.ids, label=f"{self.label} s{self.seed} #{i} {phase}")
             score, per_domain, cached, replayed = float(sc.value), dict(sc.per_domain), bool(sc.cached), False
+            cost = oracle_call_cost(sc, ledger.summary(mark).get("oracle") if ledger is not None else None)
             self.stats["oracle_cached" if cached else "oracle_new_runs"] += 1
         prev_best = max((e.score for e in self.history), default=-math.inf)
         ev = Evaluation(index=i, phase=phase, trajectory=self.trajectory, recipe=recipe, execution=execution, score=score,
                         per_domain=per_domain, cached=cached, parent=parent, edit=edit,
                         mu=chosen.mu if chosen else None, sigma=chosen.sigma if chosen else None,
                         ucb=chosen.ucb if chosen else None, candidates=candidates or [],
-                        best_so_far=max(prev_best, score), seconds=time.perf_counter() - t0, replayed=replayed, llm=llm or {})
+                        best_so_far=max(prev_best, score), seconds=time.perf_counter() - t0, replayed=replayed, llm=llm or {},
+                        cost=cost)
         self.history.append(ev)
         self.seen_subsets.add(digest)
         if not replayed:
             self.trace.append(ev.line())
         return ev
+
+    def replayed_cost(self) -> dict:
+        """The oracle work of the evaluations this session replayed from the trace (done in
+        earlier sessions), in the ledger summary's shape: ``{"oracle": {calls, runs, ...}}``."""
+        tot: dict = {f: 0 for f in ORACLE_COST_FIELDS}
+        tot["seconds"] = 0.0
+        for e in self.history:
+            if e.replayed:
+                for f in ORACLE_COST_FIELDS:
+                    tot[f] += e.cost.get(f, 0)
+        tot["seconds"] = round(tot["seconds"], 3)
+        if self.stats["replayed_without_cost_record"]:
+            tot["replayed_without_cost_record"] = self.stats["replayed_without_cost_record"]
+        return {"oracle": tot}
 
     @property
     def remaining(self) -> int:
@@ -710,7 +781,6 @@ class RecipeSearch:
 
     # --- main loop
     def run(self) -> SearchResult:
-        from ...progress import progress
 
         with progress(total=self.config.oracle_budget, desc=f"{self.label} s{self.seed}", disable=not self.show_progress) as bar:
             for target in self.config.warmup_retain:
@@ -765,7 +835,6 @@ class RandomRecipeSearch(RecipeSearch):
     method = "random_recipes"
 
     def run(self) -> SearchResult:
-        from ...progress import progress
 
         with progress(total=self.config.oracle_budget, desc=f"{self.label} s{self.seed}", disable=not self.show_progress) as bar:
             while self.remaining > 0:

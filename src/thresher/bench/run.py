@@ -1,0 +1,451 @@
+"""``thresher bench CONFIG.yaml``: every method x budget x seed on one task, one table.
+
+A bench config (YAML, read with ``yaml.safe_load``)::
+
+    name: arith-quick
+    pool: {arith: {pool_size: 600}}        # the built-in testbed (hidden labels -> defect counts)
+    # pool: {gsm8k-mix: {pool_size: 4000}} # the real-data testbed (GSM8K + Alpaca/ShareGPT, gsm8k task)
+    # pool: {path: data/pool.jsonl}        # or any pool file, with `task:` naming the task
+    task: {name: arith}                    # ignored for testbed pools (the testbed makes its own task)
+    model: micro                           # oracle base model (micro, small, hub id, path)
+    train: {steps: 500}                    # TrainConfig overrides for the oracle
+    budgets: [0.05, 0.1, 0.3]
+    seeds: [0, 1, 2]
+    oracle_budget: 15                      # oracle runs a search method may spend per selection
+    scorer: {model: micro, warmup_examples: 300}   # the model-based signals' scorer (default auto: micro on arith, else small)
+    engine: local                          # or ray (oracle runs dispatched as Ray tasks)
+    decontaminate: true                    # exclude pool examples overlapping the test split before selecting (default)
+    methods:
+      - random
+      - full
+      - {name: ifd}
+      - {name: thtb, label: thtb-offline, params: {quality: "loss:low"}}
+
+Every row (method, budget, seed) is written atomically to ``RUN_DIR/rows/`` as it
+finishes, and the oracle caches every trained subset, so a killed bench continues where
+it stopped. A row holds the method, params, budget, seed, subset size, dev score, test
+score (scored once per final selection), the oracle runs and proxy calls the *selection*
+made (cached or not: the cost the method needs on its own) plus the final training run,
+tokens trained, wall seconds, and the hidden-defect counts when the pool has them.
+
+Decontamination (``decontaminate: true``, the default; ``thresher bench --no-decontaminate`` or
+``decontaminate: false`` turns it off with a warning): before any selection, the pool examples
+that overlap the task's test split (:mod:`thresher.decontam`: exact, 13-gram, MinHash) are
+excluded, so every method selects from, and resolves its budget on, the same clean pool; dev
+overlap is reported, not excluded. The full report goes to ``RUN_DIR/decontamination.json`` and
+every row states its counts: ``decontamination: {test: {excluded}, dev: {overlap}}``.
+
+Statistics (:func:`summarise`): per method and budget, the mean and a paired bootstrap
+CI of the difference to ``random`` on the same seeds, resampling seeds and, within each,
+the test items (the correctness vectors of the two models on the same items).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.data.io import atomic_write_json
+from thresher.data.ledger import CostLedger
+from thresher.data.pool import load_pool
+from thresher.data.store import SignalStore
+from thresher.decontam import exclude_test_overlap, off_meta
+from thresher.engine.local import run_signal
+from thresher.errors import ConfigError
+from thresher.models.load import tier_of
+from thresher.models.train import TrainConfig
+from thresher.oracle.core import Oracle
+from thresher.select.base import (
+    SELECTORS,
+    Budget,
+    SignalView,
+    SubsetSignalView,
+    make_selector,
+    selector_class,
+)
+from thresher.stats import seed_item_bootstrap
+from thresher.tasks import get_task
+from thresher.tasks.arith import (
+    ArithConfig,
+    ArithTestbed,
+    defect_counts,
+    read_defect_labels,
+)
+
+ROW_KEYS = ("method", "selector", "params", "budget", "seed", "n_selected", "dev", "test", "oracle_runs", "proxy_calls",
+            "tokens_trained", "wall_s", "defects", "decontamination")
+
+
+class BenchConfigError(ConfigError):
+    pass
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    label: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    pool: dict
+    task: dict
+    model: str
+    train: dict
+    budgets: list
+    seeds: list[int]
+    methods: list[MethodSpec]
+    oracle_budget: int = 15
+    scorer: dict = field(default_factory=lambda: {"model": "auto"})  # micro on the arith testbed, small on any other pool
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int = 1
+    source: str = ""
+    #: exclude the pool examples that overlap the test split before selection (see the module docstring)
+    decontaminate: bool = True
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BenchConfig":
+        import yaml
+
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except FileNotFoundError:
+            raise BenchConfigError(f"bench config not found: {p}") from None
+        except yaml.YAMLError as e:
+            raise BenchConfigError(f"{p}: invalid YAML: {e}") from None
+        return cls.from_dict(raw, source=str(p), base=p.parent)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<dict>", base: Path | None = None) -> "BenchConfig":
+        if not isinstance(raw, dict):
+            raise BenchConfigError(f"{source}: expected a mapping at the top level")
+        known = {"name", "pool", "task", "model", "train", "budgets", "seeds", "methods", "oracle_budget", "scorer", "engine",
+                 "ray_address", "workers", "decontaminate"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise BenchConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+        for key in ("pool", "methods", "budgets", "seeds"):
+            if key not in raw:
+                raise BenchConfigError(f"{source}: missing required key '{key}'")
+        pool = raw["pool"]
+        if not isinstance(pool, dict) or not ({"arith", "gsm8k-mix", "path"} & set(pool)):
+            raise BenchConfigError(f"{source}: 'pool' must be {{arith: {{...}}}}, {{gsm8k-mix: {{...}}}} or {{path: FILE}}")
+        if "path" in pool and base is not None and not Path(pool["path"]).is_absolute() and (base / pool["path"]).exists():
+            pool = dict(pool, path=str(base / pool["path"]))
+        methods = []
+        for i, m in enumerate(raw["methods"]):
+            if isinstance(m, str):
+                m = {"name": m}
+            if not isinstance(m, dict) or "name" not in m:
+                raise BenchConfigError(f"{source}: methods[{i}] needs a 'name'")
+            extra = sorted(set(m) - {"name", "label", "params"})
+            if extra:
+                raise BenchConfigError(f"{source}: methods[{i}] has unknown key(s) {extra}")
+            methods.append(MethodSpec(m["name"], m.get("label") or m["name"], dict(m.get("params") or {})))
+        labels = [m.label for m in methods]
+        if len(set(labels)) != len(labels):
+            raise BenchConfigError(f"{source}: method labels must be unique, got {labels}")
+        budgets = [str(Budget.parse(b)) for b in raw["budgets"]]
+        seeds = raw["seeds"]
+        if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+            raise BenchConfigError(f"{source}: 'seeds' must be a list of integers")
+        task = raw.get("task") or {"name": "arith"}
+        if isinstance(task, str):
+            task = {"name": task}
+        engine = raw.get("engine", "local")
+        if engine not in ("local", "ray"):
+            raise BenchConfigError(f"{source}: engine must be 'local' or 'ray'")
+        return cls(name=raw.get("name") or Path(source).stem, pool=pool, task=task, model=raw.get("model", "micro"),
+                   train=dict(raw.get("train") or {}), budgets=budgets, seeds=seeds, methods=methods,
+                   oracle_budget=int(raw.get("oracle_budget", 15)), scorer=dict(raw.get("scorer") or {"model": "auto"}),
+                   engine=engine, ray_address=raw.get("ray_address"), workers=int(raw.get("workers", 1)), source=source,
+                   decontaminate=_flag(raw.get("decontaminate", True), "decontaminate", source))
+
+    def task_spec(self) -> tuple[str, dict]:
+        """(task name, factory params) of the target task: what signals that read a dev split must name."""
+        if "arith" in self.pool:
+            return "arith", dict(self.pool["arith"] or {})
+        if "gsm8k-mix" in self.pool:
+            return "gsm8k-mix", dict(self.pool["gsm8k-mix"] or {})
+        return self.task["name"], dict(self.task.get("params") or {})
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["methods"] = [m.__dict__ for m in self.methods]
+        return d
+
+
+def build_pool_and_task(cfg: BenchConfig):
+    """(pool, task, hidden labels or None)."""
+    if "arith" in cfg.pool:
+        pool, task, labels = ArithTestbed(ArithConfig(**(cfg.pool["arith"] or {}))).build()
+        return pool, task, labels
+    if "gsm8k-mix" in cfg.pool:  # the real-data testbed; its task is gsm8k with the same dev split
+        from thresher.tasks.gsm8k_mix import GSM8KMixTestbed
+
+        return GSM8KMixTestbed(**(cfg.pool["gsm8k-mix"] or {})).build()
+
+    pool, _ = load_pool(cfg.pool["path"], on_error=cfg.pool.get("on_error", "raise"))
+    labels = None
+    if cfg.pool.get("labels"):
+        labels = read_defect_labels(cfg.pool["labels"])
+    task = get_task(cfg.task["name"], **(cfg.task.get("params") or {}))
+    return pool, task, labels
+
+
+def _inject(cls_params, params: dict, cfg: BenchConfig) -> dict:
+    """Bench-level defaults for the params a method has: scorer, oracle budget."""
+    fields = cls_params.model_fields
+    p = dict(params)
+    sc = cfg.scorer
+    # Superfiltering's weak scorer is the method itself: the bench's scorer never replaces it
+    own_scorer = getattr(cls_params, "weak_scorer", False)
+    if "scorer" in fields and "scorer" not in p and "model" in sc and not own_scorer:
+        p["scorer"] = sc["model"]
+    if "scorer_warmup" in fields and "scorer_warmup" not in p and "warmup_examples" in sc:
+        p["scorer_warmup"] = sc["warmup_examples"]
+    if "scorer_warmup_steps" in fields and "scorer_warmup_steps" not in p and "warmup_steps" in sc:
+        p["scorer_warmup_steps"] = sc["warmup_steps"]
+    if "oracle_budget" in fields and "oracle_budget" not in p:
+        p["oracle_budget"] = cfg.oracle_budget
+    task_name, task_params = cfg.task_spec()
+    if "relevance_task" in fields and "relevance_task" not in p:
+        p["relevance_task"], p["relevance_task_params"] = task_name, dict(task_params)
+    if "signals" in fields:  # AutoSelection's signal settings: the bench's scorer and target task unless given
+        settings = dict(p.get("signals") or {})
+        if "task" not in settings:
+            settings["task"], settings["task_params"] = task_name, dict(task_params)
+        for ours, theirs in (("model", "scorer"), ("warmup_examples", "scorer_warmup"), ("warmup_steps", "scorer_warmup_steps")):
+            if ours in sc and theirs not in settings:
+                settings[theirs] = sc[ours]
+        p["signals"] = settings
+    return p
+
+
+def row_id(label: str, budget: str, seed: int) -> str:
+    return f"{label}__b{budget}__s{seed}".replace("/", "_")
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+
+def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_progress: bool = True) -> list[dict]:
+    """Run (or continue) a bench; returns every row."""
+    from rich.console import Console
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    (run_dir / "rows").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "commit": _git_commit(), "python": platform.python_version(),
+                                           "machine": f"{platform.machine()} {os.cpu_count()} cpus"})
+    pool, task, labels = build_pool_and_task(cfg)
+    console.print(f"bench {cfg.name}: pool {len(pool)} ({pool.fingerprint[:12]}), task {task.name} dev {len(task.dev)} "
+                  f"test {task.test_size}; model {cfg.model}; {len(cfg.methods)} methods x {len(cfg.budgets)} budgets x "
+                  f"{len(cfg.seeds)} seeds -> {run_dir}")
+    store = SignalStore(run_dir / "store")
+    view = SignalView(pool, store)
+    ledger = CostLedger(run_dir / "ledger.jsonl")
+    sel_pool, sel_view, decon = _decontaminated(pool, task, view, cfg, run_dir, console, show_progress)
+
+    # 1. the signals every method needs (a scoring step; selectors only read)
+    selectors = {}
+    for m in cfg.methods:
+        if m.name not in SELECTORS:
+            raise BenchConfigError(f"{cfg.source}: {SELECTORS.unknown_message(m.name)}")
+        selectors[m.label] = make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
+    needed = {}
+    for sel in selectors.values():
+        for sig in sel.required_signals():
+            needed.setdefault(sig.key(pool).digest, sig)
+    t0 = time.perf_counter()
+    runs = [run_signal(sig, pool, store, show_progress=show_progress) for sig in needed.values()]
+    if needed:
+        console.print(f"signals: {', '.join(sorted({s.name for s in needed.values()}))} ready in {time.perf_counter() - t0:.0f}s")
+    for line in dict.fromkeys(x for r in runs for x in ([r.scorer] if r.scorer else []) + list(r.notes)):
+        console.print(f"  {line}", markup=False)  # the scorer each model signal used (resolved), and what the runs noted
+
+    tier = tier_of(cfg.model)
+    rows = []
+    todo = [(m, b, s) for s in cfg.seeds for b in cfg.budgets for m in cfg.methods]
+    for m, b, seed in todo:
+        selector = selectors[m.label]
+        budget = "1.0" if m.name == "full" else b  # all of the pool (a fraction; "1" would mean one row)
+        rid = row_id(m.label, budget, seed)
+        path = run_dir / "rows" / f"{rid}.json"
+        if path.exists():
+            row = json.loads(path.read_text())
+            if row not in rows:
+                rows.append(row)
+            continue
+        train = TrainConfig.for_tier(tier, **{**cfg.train, "seed": seed})
+        oracle = Oracle(task, pool, model=cfg.model, train=train, cache_dir=run_dir / "oracle", ledger=ledger,
+                        show_progress=show_progress, workers=cfg.workers, engine=cfg.engine, ray_address=cfg.ray_address)
+        mark = ledger.mark()
+        t_sel = time.perf_counter()
+        sel = selector.select(sel_pool, sel_view, Budget.parse(budget), task=task.dev_view(), seed=seed,
+                              oracle=oracle.dev_view(),  # every method gets it: proxy calls land in the same ledger
+                              artifacts_dir=run_dir / "artifacts" / rid)
+        sel_seconds = time.perf_counter() - t_sel
+        sel.pool_fingerprint, sel.decontamination = pool.fingerprint, decon  # saved against the bench pool
+        # every oracle call made for this selection, in this session or replayed from a resumed search trace
+        search_oracle = sel.cost.get("oracle", {}).get("calls", ledger.count("oracle", since=mark))
+        proxy_calls = ledger.count("proxy", since=mark)
+        sel.save(run_dir / "selections" / f"{rid}.jsonl", pool)
+        dev = oracle.score(sel.ids, label=rid)
+        test = oracle.score_test(sel.ids, label=rid)
+        row = {
+            "method": m.label, "selector": m.name, "params": sel.params, "budget": budget, "seed": seed,
+            "n_selected": len(sel), "dev": round(dev.value, 4), "test": round(test.value, 4),
+            "dev_per_domain": dev.per_domain, "test_per_domain": test.per_domain,
+            "oracle_runs": search_oracle + 1, "proxy_calls": proxy_calls, "tokens_trained": dev.tokens,
+            "wall_s": round(sel_seconds + dev.seconds + test.seconds, 1),
+            "defects": _defects(sel.ids, labels), "diagnostics": sel.diagnostics,
+            "decontamination": _row_decontamination(decon),
+            "test_correct": [int(c) for c in test.correct],
+        }
+        atomic_write_json(path, row)
+        rows.append(row)
+        console.print(f"  {rid}: n={len(sel)} dev {dev.value:.3f} test {test.value:.3f} oracle runs {row['oracle_runs']}"
+                      f" proxy calls {proxy_calls} ({row['wall_s']:.0f}s)")
+    summary = summarise(rows)
+    atomic_write_json(run_dir / "results.json", {"config": cfg.to_dict(), "commit": _git_commit(), "rows": rows, "summary": summary,
+                                            "ledger": ledger.summary()})
+    (run_dir / "table.md").write_text(markdown_table(rows, summary, cfg))
+    return rows
+
+
+def _flag(value, key: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise BenchConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _decontaminated(pool, task, view: SignalView, cfg: BenchConfig, run_dir: Path, console, show_progress: bool = False):
+    """(the pool the selectors see, its signal view, the selection meta): the pool without the examples
+    that overlap the test split, its report in RUN_DIR/decontamination.json; or, when turned off, the
+    pool itself and a warning."""
+    if not cfg.decontaminate:
+        console.print(f"[bold yellow]warning:[/bold yellow] decontamination is off: pool examples that overlap the "
+                      f"{task.name} test split may be selected and inflate test scores")
+        return pool, view, off_meta("decontaminate: false")
+    clean, report, meta = exclude_test_overlap(pool, task, show_progress=show_progress)
+    atomic_write_json(run_dir / "decontamination.json", report.to_dict())
+    console.print(f"decontamination: {meta['test']['excluded']} pool examples that overlap the {task.name} test split "
+                  f"excluded before selection, {meta['dev']['overlap']} that overlap dev kept (reported) "
+                  f"({meta['seconds']:.1f}s) -> {run_dir / 'decontamination.json'}")
+    return clean, (SubsetSignalView(clean, view) if clean is not pool else view), meta
+
+
+def _row_decontamination(meta: dict) -> dict:
+    if meta.get("off"):
+        return {"off": True}
+    return {"test": {"excluded": meta["test"]["excluded"]}, "dev": {"overlap": meta["dev"]["overlap"]}}
+
+
+def _decontamination_line(rows: list[dict]) -> str:
+    """One line for the table: the rows' contamination counts (each distinct setting once)."""
+    seen = []
+    for r in rows:
+        d = r.get("decontamination")
+        text = ("not recorded" if d is None else "off (pool examples overlapping test were not excluded)" if d.get("off")
+                else f"{d['test']['excluded']} pool examples overlapping test excluded before selection, "
+                     f"{d['dev']['overlap']} overlapping dev kept")
+        if text not in seen:
+            seen.append(text)
+    return f"decontamination: {'; '.join(seen)}\n" if seen else ""
+
+
+def _defects(ids, labels):
+    if labels is None:
+        return None
+
+    return defect_counts(ids, labels)
+
+
+def load_rows(run_dir: str | os.PathLike) -> list[dict]:
+    rows = [json.loads(p.read_text()) for p in sorted(Path(run_dir, "rows").glob("*.json"))]
+    if not rows:
+        raise FileNotFoundError(f"no bench rows in {run_dir}/rows (run `thresher bench CONFIG --out {run_dir}` first)")
+    return rows
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (method, budget): means, paired difference to random with a bootstrap CI."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    random_by = {(r["budget"], r["seed"]): r for r in rows if r["selector"] == "random"}
+    out = []
+    for (method, budget), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        s = {"method": method, "budget": budget, "seeds": [r["seed"] for r in rs], "n": len(rs),
+             "n_selected": float(np.mean([r["n_selected"] for r in rs])),
+             "dev_mean": float(np.mean([r["dev"] for r in rs])), "test_mean": float(np.mean([r["test"] for r in rs])),
+             "test_sd": float(np.std([r["test"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
+             "oracle_runs": float(np.mean([r["oracle_runs"] for r in rs])), "proxy_calls": float(np.mean([r["proxy_calls"] for r in rs])),
+             "wall_s": float(np.mean([r["wall_s"] for r in rs]))}
+        comp_budget = budget
+        pairs = [(r, random_by.get((comp_budget, r["seed"]))) for r in rs]
+        pairs = [(r, q) for r, q in pairs if q is not None and r["selector"] != "random"]
+        if pairs and all(r.get("test_correct") and q.get("test_correct") for r, q in pairs):
+            d, lo, hi = seed_item_bootstrap([r["test_correct"] for r, _ in pairs], [q["test_correct"] for _, q in pairs])
+            s.update({"vs_random": d, "ci_low": lo, "ci_high": hi, "significant": bool(lo > 0 or hi < 0),
+                      "paired_seeds": [r["seed"] for r, _ in pairs]})
+        out.append(s)
+    return out
+
+
+def markdown_table(rows: list[dict], summary: list[dict], cfg: BenchConfig | None = None) -> str:
+    lines = []
+    if cfg is not None:
+        lines.append(f"# bench {cfg.name}\n")
+        lines.append(f"model {cfg.model}, train {cfg.train or 'tier defaults'}, seeds {cfg.seeds}, oracle budget for search "
+                     f"methods {cfg.oracle_budget}, commit `{_git_commit()}`\n")
+    if _decontamination_line(rows):
+        lines.append(_decontamination_line(rows))
+    lines.append("## Summary (mean over seeds; difference to random on the same seeds, 95% paired bootstrap CI)\n")
+    lines.append("| method | budget | n | dev | test | test sd | vs random | 95% CI | oracle runs | proxy calls | wall s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        vs = f"{s['vs_random']:+.3f}{' *' if s.get('significant') else ''}" if "vs_random" in s else ""
+        ci = f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]" if "ci_low" in s else ""
+        lines.append(f"| {s['method']} | {s['budget']} | {s['n_selected']:.0f} | {s['dev_mean']:.3f} | {s['test_mean']:.3f} | "
+                     f"{s['test_sd']:.3f} | {vs} | {ci} | {s['oracle_runs']:.1f} | {s['proxy_calls']:.1f} | {s['wall_s']:.0f} |")
+    lines.append("\n`*` the CI excludes 0. oracle runs = fine-tuning runs the selection needed plus the final one.\n")
+    lines.append("## Rows\n")
+    has_defects = any(r.get("defects") for r in rows)
+    head = "| method | budget | seed | n | dev | test | oracle runs | proxy calls | tokens trained | wall s |"
+    head += " defects kept (wrong/trunc/fmt/dup/off/triv) |" if has_defects else ""
+    lines.append(head)
+    lines.append("|" + "---|" * (head.count("|") - 1))
+    for r in sorted(rows, key=lambda r: (r["budget"], r["method"], r["seed"])):
+        line = (f"| {r['method']} | {r['budget']} | {r['seed']} | {r['n_selected']} | {r['dev']:.3f} | {r['test']:.3f} | "
+                f"{r['oracle_runs']} | {r['proxy_calls']} | {r['tokens_trained']} | {r['wall_s']:.0f} |")
+        if has_defects:
+            d = r.get("defects") or {}
+            line += (f" {d.get('wrong_answer', 0)}/{d.get('truncated', 0)}/{d.get('off_format', 0)}/"
+                     f"{d.get('exact_dup', 0) + d.get('near_dup', 0)}/{d.get('off_task', 0)}/{d.get('trivial', 0)} |")
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,433 @@
+"""Cheap stand-ins for the oracle: in-context-learning (ICL) proxies on a tiny validation set.
+
+Fine-tuning a model for every candidate subset is what a search cannot afford. TMAP's
+proxy instead asks how much a subset's examples help the target model *in context*:
+
+1. **Anchor points** (:func:`anchor_points`, :func:`make_anchors`): a tiny validation set
+   carved from the task's dev split. The dev items are clustered -- by sentence
+   embedding of question + gold response (default), or by their per-item correctness
+   vectors across several reference models when those are given (the anchor-points /
+   tinyBenchmarks idea) -- and each cluster contributes its **medoid** (the member with
+   the smallest sum of distances to the other members; ties go to the earlier dev item),
+   weighted by the cluster's share of the dev items.
+2. **The proxy** (:class:`ICLProxy`): for a subset, ``m`` demonstrations are drawn from it
+   with fixed seeds and prepended, in the model's own chat format, to each anchor
+   question. Two measures, selectable:
+
+   - ``loglik`` (default): the mean log-probability per token of the gold response
+     (only the final assistant turn is scored; the demonstrations are context), one
+     batched forward pass per prompt -- several times cheaper than generating. The
+     tokens averaged over are the gold content tokens only, the same rule as the ``lm``
+     signal: not the assistant header, not the template's end-of-turn tokens;
+   - ``accuracy``: greedy generation and the task's answer check.
+
+   ``J = sum_j weight_j * mean_over_draws(value_j)``. No training.
+
+**Demonstration draws (decision).** The subset is put in pool order, so a draw depends
+only on *which* examples are in it. With ``sharing="per_question"`` (default) every
+anchor question gets its own ``m`` demonstrations (draw ``d``, question ``j`` use the
+generator seeded ``(seed, d, j)``), so one call averages over ``n_anchors * m``
+demonstrations and the estimate reflects the subset as a whole; ``sharing="shared"``
+uses one set of ``m`` demonstrations per draw for every question (the classic few-shot
+set-up). The positions drawn are the same for every subset of the same size (common
+random numbers), so two subsets differ in what sits at those positions, not in luck.
+System turns of pool examples are left out of demonstrations (counted); when a prompt
+would exceed ``max_length`` tokens its earliest demonstrations are dropped (counted).
+
+Every proxy call goes into the cost ledger (``kind="proxy"``); a repeated subset is
+answered from memory and recorded as cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from thresher.data.ledger import CostLedger, LedgerEntry
+from thresher.models.chat import encode_conversation, encode_prompt
+from thresher.models.evaluate import evaluate, generate
+from thresher.models.load import load_model
+from thresher.oracle.core import ids_digest
+from thresher.progress import progress
+from thresher.signals.embed import encode_texts, load_encoder
+from thresher.signals.geometry import first_seen_labels
+from thresher.signals.lm import batched_answer_stats
+from thresher.tasks.base import DevTask, TaskItem
+
+ProxyMetric = Literal["loglik", "accuracy"]
+DemoSharing = Literal["per_question", "shared"]
+
+
+# --------------------------------------------------------------------------- anchors
+
+
+@dataclass
+class Anchors:
+    """A tiny validation set: dev positions of the cluster medoids and their weights."""
+
+    positions: list[int]  # into the dev list, one per cluster, in cluster order
+    weights: list[float]  # cluster size / number of dev items (sums to 1)
+    labels: list[int]  # cluster of every dev item (0.. by first appearance in dev order)
+    by: str  # "embedding" or "correctness"
+    requested: int  # clusters asked for (the effective number can be smaller: identical points)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def items(self, dev: list[TaskItem]) -> list[TaskItem]:
+        return [dev[p] for p in self.positions]
+
+    def weighted(self, per_item: np.ndarray) -> float:
+        """Weighted mean over anchors of a per-anchor value."""
+        return float(np.dot(np.asarray(self.weights, dtype=np.float64), np.asarray(per_item, dtype=np.float64)))
+
+    def tiny_accuracy(self, correct_on_dev) -> float:
+        """The anchors' weighted accuracy from a per-dev-item correctness list."""
+        c = np.asarray(correct_on_dev, dtype=np.float64)
+        return self.weighted(c[self.positions])
+
+    def to_dict(self, dev: list[TaskItem] | None = None) -> dict:
+        d = {"by": self.by, "requested": self.requested, "n": len(self), "positions": self.positions,
+             "weights": [round(w, 6) for w in self.weights]}
+        if dev is not None:
+            d["ids"] = [dev[p].id for p in self.positions]
+        return d
+
+
+def medoids(features: np.ndarray, labels: np.ndarray, metric: str = "euclidean") -> list[int]:
+    """For each cluster (labels 0..C-1), the member whose summed distance to the other
+    members is smallest (ties: the earliest position). ``metric`` is any
+    ``scipy.spatial.distance.cdist`` metric (euclidean, cosine, hamming, ...)."""
+    from scipy.spatial.distance import cdist
+
+    X = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    out = []
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = np.nonzero(labels == c)[0]
+        if len(members) == 0:
+            raise ValueError(f"medoids: cluster {c} is empty; labels must run 0..C-1 without gaps")
+        D = cdist(X[members], X[members], metric=metric)
+        out.append(int(members[int(np.argmin(D.sum(axis=1)))]))
+    return out
+
+
+def anchor_points(features: np.ndarray, k: int, *, seed: int = 0, metric: str = "euclidean", by: str = "embedding") -> Anchors:
+    """Cluster the rows of ``features`` into ``k`` groups (k-means, 10 seeded restarts) and
+    return each cluster's medoid weighted by the cluster's size / n.
+
+    With ``k >= n`` every item is its own anchor. Identical rows can make some of the ``k``
+    clusters coincide; the effective number of anchors is then smaller (``len(anchors)``
+    vs ``anchors.requested``).
+    """
+    X = np.asarray(features, dtype=np.float64)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"anchor_points: features must be a non-empty [n, d] matrix, got shape {X.shape}")
+    if k < 1:
+        raise ValueError(f"anchor_points: k must be >= 1, got {k}")
+    n = len(X)
+    if metric == "cosine":
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        X = X / np.where(norms > 0, norms, 1.0)
+    if k >= n:
+        labels = np.arange(n)
+    else:
+        import warnings
+
+        from sklearn.cluster import KMeans
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
+        labels = first_seen_labels(labels)
+    pos = medoids(X, labels, metric=metric)
+    sizes = np.bincount(labels, minlength=len(pos))
+    return Anchors(positions=pos, weights=[float(s) / n for s in sizes], labels=[int(v) for v in labels], by=by, requested=k)
+
+
+def dev_item_texts(items: list[TaskItem], text: str = "all") -> list[str]:
+    """What the anchor embedding reads: the question, or question + gold response."""
+    if text == "question":
+        return [it.question for it in items]
+    if text == "all":
+        return [f"{it.question}\n\n{it.target or it.answer}" for it in items]
+    raise ValueError(f"anchor text must be 'question' or 'all', got {text!r}")
+
+
+def reference_correctness(task: DevTask, models: list[str], *, batch_size: int = 32, ledger: CostLedger | None = None,
+                          show_progress: bool = True) -> np.ndarray:
+    """A [n_dev, n_models] 0/1 matrix: which dev items each reference model gets right
+    (greedy generation + the task's answer check). Each model's evaluation is a ledger
+    entry of kind ``proxy``."""
+
+    cols = []
+    for spec in models:
+        t0 = time.perf_counter()
+        lm = load_model(spec)
+        ev = evaluate(lm.model, lm.tokenizer, task, task.dev, batch_size=batch_size, desc=f"anchor reference {spec}",
+                      show_progress=show_progress)
+        cols.append(np.asarray(ev.correct, dtype=np.float64))
+        if ledger is not None:
+            ledger.record(LedgerEntry(kind="proxy", label=f"anchor reference {spec}", examples=ev.n, tokens=ev.generated_tokens,
+                                      seconds=time.perf_counter() - t0, extra={"accuracy": ev.accuracy}))
+    return np.stack(cols, axis=1)
+
+
+def make_anchors(task: DevTask, k: int, *, by: Literal["embedding", "correctness"] = "embedding", seed: int = 0,
+                 encoder: str = "minilm", text: str = "all", reference_models: list[str] | None = None,
+                 ledger: CostLedger | None = None, show_progress: bool = True) -> Anchors:
+    """The tiny validation set of ``task``'s dev split (see the module docs)."""
+    if not task.dev:
+        raise ValueError(f"task {task.name!r} has an empty dev split: no anchors to draw")
+    if by == "embedding":
+        vecs, _ = encode_texts(load_encoder(encoder), dev_item_texts(task.dev, text))
+        return anchor_points(vecs, k, seed=seed, metric="cosine", by="embedding")
+    if by == "correctness":
+        models = list(reference_models or [])
+        if len(models) < 2:
+            raise ValueError("anchors by correctness need at least two reference models (param anchor_models)")
+        mat = reference_correctness(task, models, ledger=ledger, show_progress=show_progress)
+        return anchor_points(mat, k, seed=seed, metric="hamming", by="correctness")
+    raise ValueError(f"anchors: 'by' must be 'embedding' or 'correctness', got {by!r}")
+
+
+def tiny_vs_full(anchors: Anchors, correct_lists: list, full_values: list[float]) -> dict:
+    """How well the tiny set's weighted accuracy tracks the full dev accuracy, over scored
+    candidates (e.g. oracle runs: their per-dev-item ``correct`` lists and dev accuracies)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = [(anchors.tiny_accuracy(c), float(f)) for c, f in zip(correct_lists, full_values) if len(c)]
+    out: dict = {"n": len(pairs), "tiny": [round(a, 4) for a, _ in pairs], "full": [round(b, 4) for _, b in pairs]}
+    if pairs:
+        out["mean_abs_error"] = round(float(np.mean([abs(a - b) for a, b in pairs])), 4)
+    if len(pairs) >= 3 and len({a for a, _ in pairs}) > 1 and len({b for _, b in pairs}) > 1:
+        a, b = zip(*pairs)
+        out["pearson"] = round(float(pearsonr(a, b)[0]), 4)
+        out["spearman"] = round(float(spearmanr(a, b)[0]), 4)
+    return out
+
+
+# --------------------------------------------------------------------------- the ICL proxy
+
+
+@dataclass
+class ProxyScore:
+    """One proxy measurement of a subset."""
+
+    value: float
+    metric: str
+    per_anchor: list[float]
+    per_draw: list[float]
+    n_prompts: int
+    tokens: int
+    seconds: float
+    cached: bool
+    key: str
+    subset_size: int
+    demos_dropped_for_length: int = 0
+    system_turns_dropped: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def last_turn_mask(mask: list[bool]) -> list[bool]:
+    """Keep only the last contiguous run of True (the final assistant turn) of an answer mask."""
+    out = [False] * len(mask)
+    i = len(mask) - 1
+    while i >= 0 and not mask[i]:
+        i -= 1
+    while i >= 0 and mask[i]:
+        out[i] = True
+        i -= 1
+    return out
+
+
+class ICLProxy:
+    """``J(subset)``: how well the target model does on the anchors with the subset's
+    examples in context (see the module docs). Load the model once; call :meth:`score`."""
+
+    def __init__(self, task: DevTask, anchors: Anchors, *, model: str = "small", metric: ProxyMetric = "loglik",
+                 demos: int = 4, draws: int = 2, sharing: DemoSharing = "per_question", gold: Literal["target", "answer"] = "target",
+                 seed: int = 0, token_budget: int = 4096, max_length: int = 2048, gen_batch_size: int = 16,
+                 ledger: CostLedger | None = None, show_progress: bool = True, loaded=None):
+        if metric not in ("loglik", "accuracy"):
+            raise ValueError(f"proxy metric must be 'loglik' or 'accuracy', got {metric!r}")
+        if sharing not in ("per_question", "shared"):
+            raise ValueError(f"demo sharing must be 'per_question' or 'shared', got {sharing!r}")
+        if gold not in ("target", "answer"):
+            raise ValueError(f"gold must be 'target' or 'answer', got {gold!r}")
+        if demos < 0 or draws < 1:
+            raise ValueError(f"need demos >= 0 and draws >= 1, got demos={demos}, draws={draws}")
+        self.task = task
+        self.anchors = anchors
+        self.items = anchors.items(task.dev)
+        self.model_spec = model
+        self.metric = metric
+        self.m = demos
+        self.draws = draws
+        self.sharing = sharing
+        self.gold = gold
+        self.seed = seed
+        self.token_budget = token_budget
+        self.max_length = max_length
+        self.gen_batch_size = gen_batch_size
+        self.ledger = ledger if ledger is not None else CostLedger()
+        self.show_progress = show_progress
+        self._loaded = loaded
+        if loaded is not None:
+            loaded.model.eval()
+        self._memo: dict[str, ProxyScore] = {}
+        self.calls = 0
+        self.fresh_calls = 0
+
+    # --- model
+    @property
+    def loaded(self):
+        if self._loaded is None:
+            self._loaded = load_model(self.model_spec)
+            self._loaded.model.eval()
+        return self._loaded
+
+    def identity(self) -> str:
+        """What the proxy's values depend on (cache key material)."""
+        raw = ["content-mask", self.model_spec, self.metric, self.m, self.draws, self.sharing, self.gold, self.seed, self.max_length,
+               [it.id for it in self.items], [round(w, 9) for w in self.anchors.weights], self.task.fingerprint()]
+        return hashlib.sha256(repr(raw).encode()).hexdigest()[:16]
+
+    # --- demonstrations
+    def demo_positions(self, n_subset: int, draw: int) -> np.ndarray:
+        """[n_anchors, m] positions into a subset (in pool order) of size ``n_subset``."""
+        m = min(self.m, n_subset)
+        out = np.zeros((len(self.items), m), dtype=np.int64)
+        if m == 0:
+            return out
+        for j in range(len(self.items)):
+            rng = np.random.default_rng([self.seed, draw, j if self.sharing == "per_question" else 0])
+            out[j] = rng.choice(n_subset, size=m, replace=False)
+        return out
+
+    def _prompt_messages(self, demo_records: list[dict], item: TaskItem) -> tuple[list[dict], int]:
+        q = self.task.messages(item)
+        system = [t for t in q if t["role"] == "system"]
+        rest = [t for t in q if t["role"] != "system"]
+        turns, dropped = [], 0
+        for r in demo_records:
+            for t in r["messages"]:
+                if t["role"] == "system":
+                    dropped += 1
+                else:
+                    turns.append({"role": t["role"], "content": t["content"]})
+        return system + turns + rest, dropped
+
+    def _demo_groups(self, records: list[dict]) -> list[tuple[int, int, list[dict]]]:
+        """(draw, anchor j, demo records) for every prompt of one call."""
+        groups = []
+        for d in range(self.draws):
+            pos = self.demo_positions(len(records), d)
+            for j in range(len(self.items)):
+                groups.append((d, j, [records[p] for p in pos[j]]))
+        return groups
+
+    def _encode_loglik(self, demos: list[dict], item: TaskItem) -> tuple[list[int], list[bool], int, int]:
+        gold = (item.target or item.answer) if self.gold == "target" else item.answer
+        tok = self.loaded.tokenizer
+        dropped_len = 0
+        while True:
+            msgs, sys_dropped = self._prompt_messages(demos, item)
+            # scoring mask: content tokens only (no end-of-turn tokens), as in the lm signal
+            enc = encode_conversation(tok, msgs + [{"role": "assistant", "content": gold}], turn_end=False, last_turn=True)
+            if len(enc.input_ids) <= self.max_length or not demos:
+                break
+            demos = demos[1:]
+            dropped_len += 1
+        if len(enc.input_ids) > self.max_length:
+            raise ValueError(f"proxy: anchor {item.id!r} alone is {len(enc.input_ids)} tokens, over max_length={self.max_length}")
+        mask = enc.answer_mask
+        if not any(mask[1:]):
+            raise ValueError(f"proxy: no gold-answer tokens to score for anchor {item.id!r}")
+        return enc.input_ids, mask, dropped_len, sys_dropped
+
+    # --- scoring
+    def score_ids(self, pool, ids, label: str = "") -> ProxyScore:
+        """Score the subset ``ids`` of ``pool`` (order does not matter: demos come from pool order)."""
+        pos = sorted(pool.positions(sorted(set(ids))))
+        return self.score([pool[p] for p in pos], key=ids_digest(ids), label=label)
+
+    def score(self, records: list[dict], *, key: str | None = None, label: str = "") -> ProxyScore:
+        """Score a subset given as records (put them in a canonical order first: see :meth:`score_ids`)."""
+        if not records:
+            raise ValueError("the proxy cannot score an empty subset")
+        key = key or ids_digest([r["id"] for r in records])
+        self.calls += 1
+        if key in self._memo:
+            hit = ProxyScore(**{**self._memo[key].to_dict(), "cached": True, "seconds": 0.0})
+            self._record(hit, label)
+            return hit
+        t0 = time.perf_counter()
+        groups = self._demo_groups(records)
+        if self.metric == "loglik":
+            vals, tokens, dlen, dsys = self._loglik(groups)
+        else:
+            vals, tokens, dlen, dsys = self._accuracy(groups)
+        n_a = len(self.items)
+        table = np.asarray(vals, dtype=np.float64).reshape(self.draws, n_a)
+        per_anchor = table.mean(axis=0)
+        per_draw = [self.anchors.weighted(table[d]) for d in range(self.draws)]
+        sc = ProxyScore(value=self.anchors.weighted(per_anchor), metric=self.metric, per_anchor=[float(v) for v in per_anchor],
+                        per_draw=[float(v) for v in per_draw], n_prompts=len(groups), tokens=int(tokens),
+                        seconds=time.perf_counter() - t0, cached=False, key=key, subset_size=len(records),
+                        demos_dropped_for_length=dlen, system_turns_dropped=dsys)
+        self._memo[key] = sc
+        self.fresh_calls += 1
+        self._record(sc, label)
+        return sc
+
+    def _record(self, sc: ProxyScore, label: str) -> None:
+        self.ledger.record(LedgerEntry(kind="proxy", label=label or "icl proxy", examples=sc.n_prompts if not sc.cached else 0,
+                                       tokens=sc.tokens if not sc.cached else 0, seconds=sc.seconds, cached=sc.cached, key=sc.key,
+                                       extra={"metric": sc.metric, "value": sc.value, "subset_size": sc.subset_size,
+                                              "proxy": self.identity()}))
+
+    def _loglik(self, groups):
+        seqs, dlen, dsys = [], 0, 0
+        for _, j, demos in groups:
+            ids, mask, a, b = self._encode_loglik(demos, self.items[j])
+            seqs.append((ids, mask))
+            dlen += a
+            dsys += b
+        tok = self.loaded.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        sums, counts = batched_answer_stats(self.loaded.model, seqs, pad, self.token_budget, full=False)
+        vals = -sums[:, 0] / np.maximum(counts, 1)
+        return vals, sum(len(s) for s, _ in seqs), dlen, dsys
+
+    def _accuracy(self, groups):
+        prompts, dsys = [], 0
+        for _, j, demos in groups:
+            msgs, b = self._prompt_messages(demos, self.items[j])
+            prompts.append(msgs)
+            dsys += b
+        lm = self.loaded
+        outs, n_gen = generate(lm.model, lm.tokenizer, prompts, self.task.max_new_tokens, self.gen_batch_size,
+                               desc="proxy generate", show_progress=self.show_progress)
+        vals = [1.0 if self.task.is_correct(o, self.items[j]) else 0.0 for o, (_, j, _) in zip(outs, groups)]
+
+        prompt_tokens = sum(len(encode_prompt(lm.tokenizer, p)) for p in prompts)
+        return vals, prompt_tokens + n_gen, 0, dsys
+
+
+def score_many(proxy: ICLProxy, pool, id_lists: list, labels: list[str] | None = None, show_progress: bool = True) -> list[ProxyScore]:
+    """Score several subsets in turn, with a progress bar."""
+    labels = labels or [""] * len(id_lists)
+    out = []
+    with progress(total=len(id_lists), desc="proxy", disable=not show_progress) as bar:
+        for ids, lab in zip(id_lists, labels):
+            out.append(proxy.score_ids(pool, ids, label=lab))
+            bar.update(1)
+    return out
