@@ -6,6 +6,11 @@ perplexity, a conditioned + an answer-alone pass for IFD, one pass for token ent
 and one for varentropy (5 passes per example). thresher computes every column from two
 passes (conditioned, answer alone) in length-sorted dynamic batches.
 
+Both score the signal's tokens (:func:`thresher.models.chat.encode_pair`): the content
+tokens of every assistant turn, without the template's end-of-turn tokens, in the
+conditioned sequence (the whole chat-templated conversation) and in the answer-alone
+sequence cut from it (each assistant header + content), after ``max_length`` truncation.
+
 Printed: how far the values are apart (max |diff| per column) and how far each is from
 the same statistics of the reference's logits taken in float64 (thresher's must be
 <= 1e-4), tokens/s of both, the machine's roofline (measured fp32 matmul FLOP/s /
@@ -60,7 +65,7 @@ def reference_loop(model, tokenizer, records, max_length: int):
     """
     import torch
 
-    from thresher.models.chat import encode_answer_alone, encode_conversation
+    from thresher.models.chat import encode_pair
     from thresher.progress import progress
 
     untimed = 0.0
@@ -97,8 +102,8 @@ def reference_loop(model, tokenizer, records, max_length: int):
     t0 = time.perf_counter()
     with progress(total=len(records), desc="reference batch-1 loop") as bar:
         for r in records:
-            c = encode_conversation(tokenizer, r["messages"], max_length=max_length)
-            a = encode_answer_alone(tokenizer, r["messages"], max_length=max_length)
+            p = encode_pair(tokenizer, r["messages"], max_length=max_length)  # the signal's content-only masks
+            c, a = p.cond, p.alone
             loss = stats(c.input_ids, c.answer_mask, "ce")                      # perplexity pass
             ifd_c = stats(c.input_ids, c.answer_mask, "ce")                     # IFD: conditioned pass
             ifd_a = stats(a.input_ids, a.answer_mask, "ce")                     # IFD: answer-alone pass
@@ -130,7 +135,7 @@ def main(argv=None) -> dict:
     import torch
 
     from thresher.data.pool import load_pool
-    from thresher.models.chat import encode_answer_alone, encode_conversation
+    from thresher.models.chat import encode_pair
     from thresher.signals.lm import LMSignal
 
     torch.set_num_threads(args.threads)
@@ -143,8 +148,8 @@ def main(argv=None) -> dict:
     n_params = sum(p.numel() for p in sig.model.parameters())
 
     # thresher: 2 passes per example, batched
-    real_tokens = sum(len(encode_conversation(sig.tokenizer, r["messages"], args.max_length).input_ids)
-                      + len(encode_answer_alone(sig.tokenizer, r["messages"], args.max_length).input_ids) for r in records)
+    pairs = [encode_pair(sig.tokenizer, r["messages"], max_length=args.max_length) for r in records]
+    real_tokens = sum(len(p.cond) + len(p.alone) for p in pairs)
     sig.compute(records[:8])  # warm-up of kernels, not timed
     t0 = time.perf_counter()
     ours = sig.compute(records)

@@ -24,7 +24,9 @@ TINY = {
     "budgets": [0.25],
     "seeds": [0, 1],
     "scorer": {"model": "micro", "warmup_examples": 40, "warmup_steps": 10},
-    "methods": ["random", "full", {"name": "topk", "label": "long-answers", "params": {"signal": "tokens_answer"}}, "dsir"],
+    "methods": ["random", "full", {"name": "topk", "label": "long-answers", "params": {"signal": "tokens_answer"}}, "dsir",
+                {"name": "random", "label": "random-30", "budgets": [30]}],
+    "workers": 2,  # each seed's final fine-tunes in two processes at once
 }
 
 
@@ -37,8 +39,36 @@ def test_config_errors_name_the_problem():
         BenchConfig.from_dict({**TINY, "methods": ["random", "random"]})
     with pytest.raises(ValueError, match="budget"):
         BenchConfig.from_dict({**TINY, "budgets": [-3]})
+    with pytest.raises(BenchConfigError, match="'references' must be a list of"):
+        BenchConfig.from_dict({**TINY, "references": ["oracle-best"]})
+    with pytest.raises(BenchConfigError, match="need hidden labels"):
+        BenchConfig.from_dict({**TINY, "pool": {"path": "pool.jsonl"}, "references": ["clean-only"]})
+    with pytest.raises(BenchConfigError, match="must be unique"):
+        BenchConfig.from_dict({**TINY, "methods": [{"name": "random", "label": "clean-only"}], "references": ["clean-only"]})
+    with pytest.raises(BenchConfigError, match=r"methods\[0\].budgets must be a non-empty list"):
+        BenchConfig.from_dict({**TINY, "methods": [{"name": "random", "budgets": 0.5}]})
+    own = BenchConfig.from_dict({**TINY, "methods": ["random", {"name": "random", "label": "r600", "budgets": [600, "10%"]}],
+                                 "references": ["clean-only"]})
+    assert own.methods[0].budgets is None and own.methods[1].budgets == ["600", "0.1"] and own.references == ["clean-only"]
     cfg = BenchConfig.load(Path(__file__).resolve().parents[1] / "examples" / "bench-quick.yaml")
     assert cfg.name == "quick" and cfg.budgets == ["0.1", "0.3"] and "random" in [m.name for m in cfg.methods]
+
+
+def test_every_example_config_loads_and_its_methods_build():
+    from thresher.bench.run import _inject
+    from thresher.select.base import make_selector, selector_class
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "examples").glob("bench-*.yaml"))
+    assert {c.stem for c in configs} >= {"bench-quick", "bench-arith", "bench-thtb-arith", "bench-tmap-arith", "bench-harp-arith",
+                                         "bench-autoselection-arith"}
+    for path in configs:
+        cfg = BenchConfig.load(path)
+        for m in cfg.methods:
+            sel = make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
+            assert sel.required_signals() is not None, (path.name, m.label)
+    tmap = BenchConfig.load(configs[0].parent / "bench-tmap-arith.yaml")
+    assert {m.label for m in tmap.methods} >= {"tmap", "equal-weights", "single-ifd", "single-relevance", "random", "full"}
+    assert {m.label: m.params for m in tmap.methods}["tmap"]["check_fidelity"] == 6
 
 
 def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
@@ -69,7 +99,7 @@ def tiny_run(tmp_path_factory):
 
 def test_rows_hold_every_field(tiny_run):
     run_dir, rows = tiny_run
-    assert len(rows) == 2 * 3 + 2  # 3 budgeted methods x 2 seeds + full once per seed
+    assert len(rows) == 2 * 3 + 2 + 2  # 3 budgeted methods x 2 seeds + full once per seed + random-30 (its own budget)
     for r in rows:
         for k in ("method", "selector", "params", "budget", "seed", "n_selected", "dev", "test", "oracle_runs", "proxy_calls",
                   "tokens_trained", "wall_s", "defects"):
@@ -80,7 +110,8 @@ def test_rows_hold_every_field(tiny_run):
         assert sum(r["defects"].values()) == r["n_selected"]
     by = {(r["method"], r["seed"]): r for r in rows}
     assert by[("full", 0)]["n_selected"] == 160 and by[("random", 0)]["n_selected"] == 40
-    assert by[("full", 0)]["budget"] == "1"
+    assert by[("random-30", 1)]["n_selected"] == 30 and by[("random-30", 1)]["budget"] == "30"
+    assert by[("full", 0)]["budget"] == "1.0" and not any(r["reference"] for r in rows)
     # test scored once per final selection
     log = (run_dir / "oracle" / "test_log.jsonl").read_text().splitlines()
     assert len(log) == len({json.loads(x)["key"] for x in log}) == len(rows)
@@ -97,7 +128,7 @@ def test_summary_pairs_with_random_on_the_same_seeds(tiny_run):
     mine = {r["seed"]: r["test"] for r in rows if r["method"] == "long-answers"}
     assert la["vs_random"] == pytest.approx(np.mean([mine[k] - rnd[k] for k in (0, 1)]), abs=1e-3)
     assert la["ci_low"] <= la["vs_random"] <= la["ci_high"] and la["paired_seeds"] == [0, 1]
-    assert "vs_random" not in s[("random", "0.25")] and "vs_random" not in s[("full", "1")]
+    assert "vs_random" not in s[("random", "0.25")] and "vs_random" not in s[("full", "1.0")]
 
 
 def test_a_rerun_continues_without_retraining(tiny_run, tmp_path):
@@ -130,7 +161,7 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     assert info["title"] == "thresher bench: tiny"
     plots = {i["id"]: i for i in info["images"] if i["id"]}
     assert plots["plot-accuracy"]["w"] > 300 and plots["plot-cost"]["w"] > 300
-    assert info["summaryRows"] == 1 + 4 and info["rows"] == 1 + len(rows)
+    assert info["summaryRows"] == 1 + 5 and info["rows"] == 1 + len(rows)
     assert info["captions"][0].startswith("Figure 1.") and info["captions"][1].startswith("Figure 2.")
     assert all(m in plots["plot-accuracy"]["alt"] for m in ("random", "long-answers", "dsir"))
     assert info["kvTables"] >= 3 and info["kvFontPx"] >= 13  # diagnostics: readable tables (full has none)

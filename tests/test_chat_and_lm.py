@@ -458,12 +458,12 @@ def test_auto_scorer_is_micro_on_arith_with_the_same_key_and_small_elsewhere(ari
     # on the arith testbed: exactly the key an explicit micro scorer had (stored arith signals stay valid)
     assert auto.key(pool) == LMSignal(model="micro").key(pool)
     assert auto.key(pool).params["model"] == "micro" and auto.key(pool).model.startswith("micro+warm300x250s0@")
-    assert make_signal("text").key(pool) == make_signal("text", model="micro").key(pool)
+    assert make_signal("text", model="auto").key(pool) == make_signal("text", model="micro").key(pool)
     # any other pool: the real LM, named in the key ("auto" never is)
     other = _alpaca_pool("Hello.", "Hi.")
     k = auto.key(other)
     assert (k.model, k.params["model"], k.params["warmup_examples"]) == ("small", "small", 0)
-    assert "auto" not in (k.model, k.params["model"]) and make_signal("text").key(other).model == "small"
+    assert "auto" not in (k.model, k.params["model"]) and make_signal("text", model="auto").key(other).model == "small"
     assert auto.for_pool(other).params.model == "small" and auto.params.model == "auto"  # resolving copies
     # a pool mixing arith with anything else is not the testbed
     from thresher.data.pool import Pool
@@ -476,7 +476,7 @@ def test_auto_scorer_is_micro_on_arith_with_the_same_key_and_small_elsewhere(ari
 
 
 def test_long_examples_are_tokenised_only_as_far_as_needed_with_the_same_ids(monkeypatch):
-    import thresher.models.chat as chat
+    from thresher.models import chat
 
     tok = build_char_tokenizer()
     lengths: list[int] = []
@@ -562,8 +562,8 @@ def test_embedding_bar_moves_per_encoder_batch(arith_small, tmp_path, bars):
     pytest.importorskip("sentence_transformers")
     from thresher.data.store import SignalStore
     from thresher.engine.local import read_signal, run_signal
-    from thresher.signals.embed import encode_texts, load_encoder
     from thresher.signals.base import make_signal
+    from thresher.signals.embed import encode_texts, load_encoder
 
     pool = arith_small[0].subset(arith_small[0].ids[:40])
     sig = make_signal("embedding", batch_size=8)

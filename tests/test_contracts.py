@@ -38,6 +38,7 @@ CHEAP_SELECTORS = {
     "topk": {"signal": "tokens_answer", "direction": "high"},
     "ifd": {"scorer": "micro", "scorer_warmup": 120, "scorer_warmup_steps": 40},
     "dsir": {},
+    "rds": {"model": "micro", "relevance_task_params": {"pool_size": 400, "dev_size": 60, "test_size": 90}},
 }
 
 

@@ -30,7 +30,6 @@ from thresher.select.thtb.selector import (
     bloom_reference,
     canonical_subject,
     ehs_scores,
-    embed_descriptions,
     fractions_for_budget,
     ic_scores,
     ihs_scores,
@@ -189,10 +188,21 @@ def test_rank_stage_ties_by_prior_and_missing():
 # =========================================================================== IC with the real sentence encoder
 
 
-def test_interdisciplinary_complexity_with_minilm(monkeypatch, tmp_path):
-    from thresher.signals.embed import encode_texts, load_encoder
+def _judge_columns(lists):
+    """``judge_disciplines`` columns holding ``lists`` (None = a failed reply)."""
+    return {"disciplines_judge_failed": np.array([items is None for items in lists]),
+            "disciplines_json": np.array(["" if items is None else json.dumps(items) for items in lists], dtype=object),
+            "n_disciplines": np.array([np.nan if items is None else len(items) for items in lists])}
 
-    monkeypatch.setenv("THRESHER_CACHE", str(tmp_path / "cache"))
+
+def test_interdisciplinary_complexity_with_minilm():
+    from thresher.signals.embed import (
+        DisciplineEmbeddings,
+        discipline_vectors,
+        encode_texts,
+        load_encoder,
+    )
+
     enc = load_encoder("minilm")
     d_num, d_force, d_cells = "Counting and arithmetic with numbers.", "Forces, motion and energy.", "How living cells divide."
     lists = [
@@ -204,29 +214,30 @@ def test_interdisciplinary_complexity_with_minilm(monkeypatch, tmp_path):
     ]
     v, _ = encode_texts(enc, [d_num, d_force, d_cells], normalize=True)
     dist = lambda a, b: 1.0 - float(np.dot(v[a], v[b]))
+    # the stored signal: one unit vector per listed discipline, in the judge's order; none for a failure
+    stored = DisciplineEmbeddings().compute_pool(None, {"judge_disciplines": _judge_columns(lists)})["discipline_vectors"]
+    vecs = discipline_vectors(stored)
+    assert [len(x) for x in vecs] == [2, 1, 0, 3]
+    np.testing.assert_allclose(vecs[3], v[[2, 1, 0]], atol=1e-6)
+    assert np.array_equal(vecs[0][0], vecs[3][2]) and np.array_equal(vecs[1][0], vecs[3][0])  # one vector per distinct text
 
-    ic, counts, dists, info = interdisciplinary_complexity(lists, "paper")
+    ic, counts, dists, info = interdisciplinary_complexity(lists, vecs, "paper")
     assert counts[[0, 1, 3]].tolist() == [2, 1, 3] and np.isnan(counts[2])
     assert dists[0] == pytest.approx(dist(0, 1), abs=1e-6) and dists[1] == 0.0
     assert dists[3] == pytest.approx((dist(2, 1) + dist(2, 0) + dist(1, 0)) / 3, abs=1e-6)
     # counts 2, 1, 3 -> 0.5, 0, 1 over the stage
     np.testing.assert_allclose(ic[[0, 1, 3]], [0.5 + dists[0], 0.0, 1.0 + dists[3]])
-    assert np.isnan(ic[2]) and info["descriptions_embedded"] == 3 and not info["embedding_cache_hit"]
+    assert np.isnan(ic[2]) and info["descriptions_embedded"] == 3
 
     # reference: one description per canonical subject, its first in order (mathematics -> d_num,
     # physics -> d_force, so example 3's Physics is embedded with d_force, not d_num)
-    ic_r, _counts_r, dists_r, info_r = interdisciplinary_complexity(lists, "reference")
+    ic_r, _counts_r, dists_r, info_r = interdisciplinary_complexity(lists, vecs, "reference")
     assert info_r["subjects"] == 4  # mathematics, physics, computer_science, biology
     assert dists_r[3] == pytest.approx((dist(2, 1) + dist(2, 1) + dist(1, 1)) / 3, abs=1e-6)
     np.testing.assert_allclose(ic_r[[0, 1, 3]], [round(0.5 + dists_r[0], 2), 0.0, round(1.0 + dists_r[3], 2)])
     assert canonical_subject(" Computer Science ") == "computer_science"
-
-    # the embeddings are cached by content: the second call reads them back, identical
-    again = interdisciplinary_complexity(lists, "paper")
-    assert again[3]["embedding_cache_hit"] is True
-    np.testing.assert_array_equal(again[0][~np.isnan(again[0])], ic[~np.isnan(ic)])
-    vecs, hit = embed_descriptions([d_force, d_num, d_force])
-    assert hit is False and np.allclose(vecs[0], vecs[2]) and np.allclose(vecs[1], v[0], atol=1e-6)
+    with pytest.raises(ValueError, match="lists 2 disciplines but has 1 description vectors"):
+        interdisciplinary_complexity(lists, [vecs[0][:1], vecs[1], vecs[2], vecs[3]], "paper")
 
 
 # =========================================================================== the selector on real signals
@@ -455,6 +466,7 @@ def test_judge_path_end_to_end_hand_computed(hand_pool, tmp_path, monkeypatch):
     d = sel.diagnostics
     s1, s2, _s3 = d["stages"]
     ids = json.loads((tmp_path / "art" / "thtb_stage_ids.json").read_text())
+    assert not (tmp_path / "cache" / "thtb").exists()  # the selector keeps no embedding cache of its own
     # stage 1: judge quality /5; 4 of the 10 got prose (counted failures, excluded); keep 5 of 10
     assert s1["excluded_no_quality"] == 4 and s1["missing_scores"] == 4
     assert ids["quality"] == ["design-a", "design-c", "design-b", "evaluate", "explain"]
@@ -475,6 +487,47 @@ def test_judge_path_end_to_end_hand_computed(hand_pool, tmp_path, monkeypatch):
     assert s2["ic_formula"] == "reference" and s2["ic_available"] is True
     assert d["stage_kept"] == [5, 4, 2] and len(sel) == 2
     assert set(sel.ids) <= set(ids["ihs"])
+
+
+def test_ic_reads_the_stored_discipline_embeddings(hand_pool, tmp_path, monkeypatch):
+    """The description vectors are a pool-scope signal over judge_disciplines; the selector
+    lists it among its required signals, only reads it (a missing one is an error naming it)
+    and writes nothing under $THRESHER_CACHE/thtb."""
+    from thresher.signals.embed import discipline_vectors, encode_texts, load_encoder
+
+    monkeypatch.setenv("THRESHER_CACHE", str(tmp_path / "cache"))
+    judge = RuleJudge(JUDGE_TABLE)
+    try:
+        store = SignalStore(tmp_path / "store")
+        kw = {"quality": "judge", "bloom": "judge", "ic": "judge", "judge_url": judge.url, "judge_model": "rules",
+              "judge_params": {"cache_dir": str(tmp_path / "replies"), "backoff_base": 0.05, "max_failure_rate": 1.0},
+              "fractions": (0.5, 0.8, 0.5), "budget_rule": "fixed"}
+        sel = make_selector("thtb", **kw)
+        required = sel.required_signals()
+        names = [s.name for s in required]
+        assert names.index("discipline_embeddings") == names.index("judge_disciplines") + 1
+        emb = required[names.index("discipline_embeddings")]
+        assert [d.key(hand_pool) for d in emb.requires()] == [sel.disciplines_signal().key(hand_pool)]
+        for s in required:
+            if s.name != "discipline_embeddings":
+                run_signal(s, hand_pool, store, show_progress=False)
+        with pytest.raises(KeyError, match="signal 'discipline_embeddings'.*compute it first"):
+            sel.select(hand_pool, SignalView(hand_pool, store), 2)
+        run_signal(emb, hand_pool, store, show_progress=False)
+        res = sel.select(hand_pool, SignalView(hand_pool, store), 2)
+    finally:
+        judge.close()
+    assert not (tmp_path / "cache" / "thtb").exists()
+    assert len(res) == 2 and res.diagnostics["stages"][1]["ic_available"] is True
+    stored = discipline_vectors(read_signal(emb, hand_pool, store)["discipline_vectors"])
+    pos = hand_pool.positions(["design-a", "evaluate", "explain"])
+    v, _ = encode_texts(load_encoder("minilm"), [D_MATH, D_BIO, D_HIST], normalize=True)
+    np.testing.assert_allclose(stored[pos[0]], v, atol=1e-6)  # the judge's order
+    assert stored[pos[1]].shape == (0, 0) and stored[pos[2]].shape == (1, 384)  # a failed reply has none
+    # the key follows the encoder and the judge
+    other = [make_signal("discipline_embeddings", url=judge.url, model="rules", embed_model="other-encoder"),
+             make_signal("discipline_embeddings", url=judge.url, model="another-judge")]
+    assert len({emb.key(hand_pool).digest, *(o.key(hand_pool).digest for o in other)}) == 3
 
 
 @pytest.mark.filterwarnings("ignore:Number of distinct clusters")
@@ -548,16 +601,9 @@ def test_smollm2_judge_thtb_on_alpaca(shared_data, tmp_path, monkeypatch):
     assert s2["n_in"] == n2
     assert s2["missing_ihs"] <= n2
     assert res.ids == again.ids
-    # identical but for the embedding cache (the second run reads the IC description vectors back)
-    assert _without_cache_flag(res.diagnostics) == _without_cache_flag(again.diagnostics)
+    assert json.loads(json.dumps(res.diagnostics)) == json.loads(json.dumps(again.diagnostics))
+    assert not (tmp_path / "cache" / "thtb").exists()
     assert len(res) == (1 if n2 else 0)
-
-
-def _without_cache_flag(diag: dict) -> dict:
-    d = json.loads(json.dumps(diag))
-    for st in d["stages"]:
-        st.pop("embedding_cache_hit", None)
-    return d
 
 
 # =========================================================================== annotation guide

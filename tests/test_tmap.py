@@ -197,6 +197,78 @@ def test_demo_draws_are_common_random_numbers(arith_small, micro_lm):
         per_q.score([])
 
 
+@pytest.mark.parametrize("sharing,max_length,budget", [("shared", 2048, 300), ("shared", 2048, 64), ("shared", 150, 4096),
+                                                       ("per_question", 2048, 4096)])
+def test_shared_prefix_equals_the_per_prompt_path(arith_small, micro_lm, sharing, max_length, budget):
+    """The prefix run once on a KV cache, anchors (of different lengths) on top: the same
+    values as one full forward pass per prompt, the same identity, fewer tokens through the model."""
+    pool, task, _ = arith_small
+    dev = task.dev_view()
+    a = anchor_points(np.arange(len(dev.dev), dtype=float)[:, None], 6, seed=0)
+    assert len({len(it.question) for it in a.items(dev.dev)}) > 1
+    for ids, demos in ((pool.ids[10:80], 3), (pool.ids[200:240], 2), (pool.ids[:5], 5)):
+        kw = dict(model="micro", demos=demos, draws=2, seed=5, sharing=sharing, token_budget=budget, max_length=max_length,
+                  loaded=micro_lm)
+        new, old = ICLProxy(dev, a, **kw), ICLProxy(dev, a, share_prefix=False, **kw)
+        assert new.identity() == old.identity()
+        sn, so = new.score_ids(pool, ids), old.score_ids(pool, ids)
+        assert sn.per_anchor == pytest.approx(so.per_anchor, abs=1e-4)
+        assert sn.value == pytest.approx(so.value, abs=1e-4)
+        assert (sn.tokens, sn.n_prompts, sn.demos_dropped_for_length) == (so.tokens, so.n_prompts, so.demos_dropped_for_length)
+        x = sn.extra
+        assert x["prefix_shared"] + x["prefix_unshared"] + x["prefix_boundary_fallback"] == sn.n_prompts
+        assert x["prefix_boundary_fallback"] == 0
+        if sharing == "shared" and max_length == 2048:
+            assert x["prefix_shared"] == sn.n_prompts and x["prefix_groups"] == 2  # one prefix per draw
+            assert x["forward_tokens"] < so.extra["forward_tokens"] == so.tokens
+        if sharing == "per_question":
+            assert x["prefix_shared"] == 0  # each prompt its own demos: nothing to share
+    if max_length == 150:
+        assert sn.demos_dropped_for_length > 0  # (the length cut changes some prefixes: still equal)
+
+
+def test_shared_prefix_checks_the_token_boundary(arith_small, micro_lm, monkeypatch):
+    """A prefix tokenised on its own that is not the first tokens of the full prompt (the
+    template's tokenisation merging across the boundary) sends that prompt the old way, counted."""
+    from thresher.select.tmap import proxy as proxy_mod
+
+    pool, task, _ = arith_small
+    dev = task.dev_view()
+    a = anchor_points(np.arange(len(dev.dev), dtype=float)[:, None], 4, seed=0)
+    kw = dict(model="micro", demos=3, draws=1, seed=2, sharing="shared", loaded=micro_lm)
+    ids = pool.ids[:60]
+    ref = ICLProxy(dev, a, share_prefix=False, **kw).score_ids(pool, ids)
+    good = ICLProxy(dev, a, **kw)
+    # the real prefix is token-for-token the start of every full prompt
+    groups = good._demo_groups([pool[p] for p in sorted(pool.positions(ids))])
+    for _, j, demos in groups:
+        full, mask, _, _, msgs = good._encode_loglik(demos, good.items[j], with_messages=True)
+        pre = good.prefix_ids(good.prefix_messages(good.items[j], msgs))
+        assert full[: len(pre)] == pre and not any(mask[: len(pre) + 1])
+
+    calls = {"n": 0}
+    real = proxy_mod.ICLProxy.prefix_ids
+
+    def merged(self, pre):  # the last prefix token "merged" with the next one: not a token prefix any more
+        out = real(self, pre)
+        calls["n"] += 1
+        return out[:-1] + [out[-1] + 1] if out else out
+
+    bad = ICLProxy(dev, a, **kw)
+    monkeypatch.setattr(proxy_mod.ICLProxy, "prefix_ids", merged)
+    sb = bad.score_ids(pool, ids)
+    assert calls["n"] >= 1
+    assert sb.extra["prefix_boundary_fallback"] == sb.n_prompts == 4 and sb.extra["prefix_shared"] == 0
+    assert sb.per_anchor == pytest.approx(ref.per_anchor, abs=1e-4)
+    # a prefix reaching into the scored answer is refused too
+    monkeypatch.setattr(proxy_mod.ICLProxy, "prefix_ids", lambda self, pre: None)
+    assert ICLProxy(dev, a, **kw).score_ids(pool, ids).extra["prefix_unshared"] == 4
+    seqs = [([1, 2, 3, 4], [False, False, True, True]), ([1, 2, 3, 5], [False, False, False, True])]
+    monkeypatch.setattr(proxy_mod.ICLProxy, "prefix_ids", lambda self, pre: [1, 2])
+    shared, rest, info = ICLProxy(dev, a, **kw).plan_prefixes(seqs, [(0, [{"role": "user", "content": "q"}])] * 2)
+    assert shared == {} and rest == [0, 1] and info["prefix_boundary_fallback"] == 1 and info["prefix_unshared"] == 1
+
+
 # --------------------------------------------------------------------------- selectors
 
 

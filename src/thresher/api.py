@@ -229,18 +229,25 @@ def select(pool: Pool | str, method: str, budget, *, store: str | os.PathLike | 
                           artifacts_dir=artifacts_dir)
     if decon is not None:
         sel.pool_fingerprint, sel.decontamination = pool.fingerprint, decon
-    note_scorers(sel, selector.required_signals(), pool, st)
+    note_scorers(sel, selector, pool, st)
     if out:
         sel.save(out, pool)
     return sel
 
 
-def note_scorers(sel: Selection, signals: list[Signal], pool: Pool, st: SignalStore) -> None:
-    """Record in ``sel.diagnostics`` the model(s) its signals were scored with, resolved on the pool
-    (``scorer``: ``scorer: small (SmolLM2-135M-Instruct)``; ``auto`` never shows) and what their
-    runs noted (``signal_notes``: e.g. how many examples were truncated)."""
-    from thresher.engine.local import stored_notes, scorer_line
+def note_scorers(sel: Selection, selector, pool: Pool, st: SignalStore) -> None:
+    """Record in ``sel.diagnostics`` the model(s) the selector's signals were scored with, resolved
+    on the pool (``scorer``: ``scorer: small (SmolLM2-135M-Instruct)``; ``auto`` never shows) and
+    what their runs noted (``signal_notes``: e.g. how many examples were truncated)."""
+    import logging
 
+    from thresher.engine.local import scorer_line, stored_notes
+
+    try:
+        signals = selector.required_signals()
+    except Exception as e:  # noqa: BLE001 - the selection is made; a method that cannot list its signals names none
+        logging.getLogger(__name__).debug("no scorer noted for %s: %s", selector.name, e)
+        return
     lines: list[str] = []
     notes: list[str] = []
     for sig in signals:
@@ -352,7 +359,7 @@ def run_recipe(recipe, pool, out: str | os.PathLike | None = None, *, store: str
         for sig in needed:
             run_signal(sig, pool, st, engine=engine, show_progress=show_progress)
     sel = selector.select(pool, SignalView(pool, st), Budget.parse(budget if budget is not None else 1.0))
-    note_scorers(sel, selector.required_signals(), pool, st)
+    note_scorers(sel, selector, pool, st)
     if budget is None:  # no budget was asked for: the recipe alone sets the size
         sel.n_requested, sel.budget_note = None, ""
     if out:

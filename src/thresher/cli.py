@@ -418,19 +418,26 @@ def make_pool(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="output directory"),
-    quick: bool = typer.Option(False, help="one seed, fewer methods, shorter training (under 3 minutes)"),
+    out: Path = typer.Option(Path("runs/demo"), help="output directory (a bench run directory; rerun to continue a killed demo)"),
+    quick: bool = typer.Option(False, help="one seed, fewer methods, a smaller pool (under 3 minutes)"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1; quick: 0)"),
     workers: Optional[int] = typer.Option(None, help="parallel fine-tuning processes (default: 2 on a machine with 2+ cores)"),
-    steps: Optional[int] = typer.Option(None, help="fine-tuning steps per run"),
+    steps: Optional[int] = typer.Option(None, help="fine-tuning steps per run (default 500)"),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    decontaminate: bool = typer.Option(True, "--decontaminate/--no-decontaminate",
+                                       help="leave out the pool examples that overlap the test split before selecting"),
 ):
-    """Select 30% of the arith pool with each method, fine-tune, score, and print the table."""
-    from thresher.bench.demo import DemoConfig, run_demo
+    """The bench preset: select 30% of the arith pool with each method, fine-tune, score, and print the table."""
+    from thresher.bench.demo import run_demo
+    from thresher.bench.presets import demo_config
 
     _threads(threads)
-    cfg = DemoConfig.make(out, quick=quick, seeds=[int(s) for s in seeds.split(",")] if seeds else None, workers=workers, steps=steps)
-    run_demo(cfg, console)
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        _fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    cfg = demo_config(quick=quick, seeds=seed_list, workers=workers, steps=steps, decontaminate=decontaminate)
+    run_demo(cfg, out, console)
 
 
 @app.command()

@@ -15,18 +15,29 @@ A bench config (YAML, read with ``yaml.safe_load``)::
     scorer: {model: micro, warmup_examples: 300}   # the model-based signals' scorer (default auto: micro on arith, else small)
     engine: local                          # or ray (oracle runs dispatched as Ray tasks)
     decontaminate: true                    # exclude pool examples overlapping the test split before selecting (default)
+    workers: 2                             # final fine-tunes of a seed run in 2 processes at once (default 1)
     methods:
       - random
       - full
       - {name: ifd}
       - {name: thtb, label: thtb-offline, params: {quality: "loss:low"}}
+      - {name: random, label: random-600, budgets: [600]}   # this method's own budgets (the bench's otherwise)
+    references: [clean-only]               # reference rows from the hidden labels (not selectors; testbed or labelled pools)
 
-Every row (method, budget, seed) is written atomically to ``RUN_DIR/rows/`` as it
-finishes, and the oracle caches every trained subset, so a killed bench continues where
-it stopped. A row holds the method, params, budget, seed, subset size, dev score, test
-score (scored once per final selection), the oracle runs and proxy calls the *selection*
-made (cached or not: the cost the method needs on its own) plus the final training run,
-tokens trained, wall seconds, and the hidden-defect counts when the pool has them.
+Order of work, per seed: every (method, budget) row still missing is selected first (search
+methods call the oracle while they select), then the final subsets are fine-tuned together
+(``Oracle.score_many``, ``workers`` processes at once), then each is scored once on test and
+its row is written atomically to ``RUN_DIR/rows/``. The oracle caches every trained subset
+and a search replays its trace, so a killed bench continues where it stopped. A row
+(:data:`ROW_KEYS`) holds the method label, selector, params, budget, seed, subset size, dev
+score, test score, the oracle runs and proxy calls the *selection* made (cached or not: the
+cost the method needs on its own) plus the final training run, tokens trained, wall seconds,
+the hidden-defect counts when the pool has them, and ``reference`` (true only for reference
+rows). ``full`` and the references run once per seed, at budget ``1.0``.
+
+References (``references:``) are rows built from the hidden labels, never selectors: an upper
+reference a selector can be measured against. ``clean-only`` trains on every example the labels
+call ``clean``. They need labels: the arith and gsm8k-mix testbeds, or ``pool: {path: ..., labels: FILE}``.
 
 Decontamination (``decontaminate: true``, the default; ``thresher bench --no-decontaminate`` or
 ``decontaminate: false`` turns it off with a warning): before any selection, the pool examples
@@ -61,10 +72,11 @@ from thresher.engine.local import run_signal
 from thresher.errors import ConfigError
 from thresher.models.load import tier_of
 from thresher.models.train import TrainConfig
-from thresher.oracle.core import Oracle
+from thresher.oracle.core import Oracle, score_row_fields
 from thresher.select.base import (
     SELECTORS,
     Budget,
+    Selection,
     SignalView,
     SubsetSignalView,
     make_selector,
@@ -79,8 +91,13 @@ from thresher.tasks.arith import (
     read_defect_labels,
 )
 
+#: the keys of every bench row (the demo's too); rows also carry per-domain scores, the method's
+#: diagnostics and the test correctness vector (``test_correct``) the paired statistics read
 ROW_KEYS = ("method", "selector", "params", "budget", "seed", "n_selected", "dev", "test", "oracle_runs", "proxy_calls",
-            "tokens_trained", "wall_s", "defects", "decontamination")
+            "tokens_trained", "wall_s", "defects", "decontamination", "reference")
+
+#: reference rows a bench can add from the hidden labels (not selectors)
+REFERENCES = {"clean-only": "every example the hidden labels call clean"}
 
 
 class BenchConfigError(ConfigError):
@@ -92,6 +109,7 @@ class MethodSpec:
     name: str
     label: str
     params: dict = field(default_factory=dict)
+    budgets: list[str] | None = None  # this method's own budgets (None: the bench's)
 
 
 @dataclass
@@ -112,6 +130,12 @@ class BenchConfig:
     source: str = ""
     #: exclude the pool examples that overlap the test split before selection (see the module docstring)
     decontaminate: bool = True
+    #: reference rows from the hidden labels (:data:`REFERENCES`), one per seed
+    references: list[str] = field(default_factory=list)
+    #: search small, train big: ``{steps: N, dev_size: M, fidelity_subsets: K}`` builds a cheaper oracle for the
+    #: searches (:meth:`thresher.oracle.core.Oracle.inner`); final selections are scored by the full one, and up to K
+    #: subsets a search scored are re-scored by it for the row's ``inner_fidelity`` (Spearman)
+    inner_oracle: dict | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BenchConfig":
@@ -131,7 +155,7 @@ class BenchConfig:
         if not isinstance(raw, dict):
             raise BenchConfigError(f"{source}: expected a mapping at the top level")
         known = {"name", "pool", "task", "model", "train", "budgets", "seeds", "methods", "oracle_budget", "scorer", "engine",
-                 "ray_address", "workers", "decontaminate"}
+                 "ray_address", "workers", "decontaminate", "references", "inner_oracle"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise BenchConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -149,13 +173,24 @@ class BenchConfig:
                 m = {"name": m}
             if not isinstance(m, dict) or "name" not in m:
                 raise BenchConfigError(f"{source}: methods[{i}] needs a 'name'")
-            extra = sorted(set(m) - {"name", "label", "params"})
+            extra = sorted(set(m) - {"name", "label", "params", "budgets"})
             if extra:
                 raise BenchConfigError(f"{source}: methods[{i}] has unknown key(s) {extra}")
-            methods.append(MethodSpec(m["name"], m.get("label") or m["name"], dict(m.get("params") or {})))
-        labels = [m.label for m in methods]
+            own = m.get("budgets")
+            if own is not None and (not isinstance(own, list) or not own):
+                raise BenchConfigError(f"{source}: methods[{i}].budgets must be a non-empty list")
+            methods.append(MethodSpec(m["name"], m.get("label") or m["name"], dict(m.get("params") or {}),
+                                      None if own is None else [str(Budget.parse(b)) for b in own]))
+        references = raw.get("references") or []
+        if not isinstance(references, list) or any(r not in REFERENCES for r in references):
+            raise BenchConfigError(f"{source}: 'references' must be a list of {sorted(REFERENCES)} (reference rows from the "
+                                   f"hidden labels), got {references!r}")
+        if references and "path" in pool and not pool.get("labels"):
+            raise BenchConfigError(f"{source}: references {references} need hidden labels: the testbed pools have them; "
+                                   "for a pool file add 'labels: DEFECTS.jsonl' under 'pool'")
+        labels = [m.label for m in methods] + list(references)
         if len(set(labels)) != len(labels):
-            raise BenchConfigError(f"{source}: method labels must be unique, got {labels}")
+            raise BenchConfigError(f"{source}: method labels must be unique (references included), got {labels}")
         budgets = [str(Budget.parse(b)) for b in raw["budgets"]]
         seeds = raw["seeds"]
         if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
@@ -170,7 +205,9 @@ class BenchConfig:
                    train=dict(raw.get("train") or {}), budgets=budgets, seeds=seeds, methods=methods,
                    oracle_budget=int(raw.get("oracle_budget", 15)), scorer=dict(raw.get("scorer") or {"model": "auto"}),
                    engine=engine, ray_address=raw.get("ray_address"), workers=int(raw.get("workers", 1)), source=source,
-                   decontaminate=_flag(raw.get("decontaminate", True), "decontaminate", source))
+                   decontaminate=_flag(raw.get("decontaminate", True), "decontaminate", source),
+                   references=list(dict.fromkeys(references)), inner_oracle=_inner_spec(raw.get("inner_oracle"), source),
+                   **_task_metric_checked(task, source))
 
     def task_spec(self) -> tuple[str, dict]:
         """(task name, factory params) of the target task: what signals that read a dev split must name."""
@@ -186,22 +223,55 @@ class BenchConfig:
         return d
 
 
-def build_pool_and_task(cfg: BenchConfig):
-    """(pool, task, hidden labels or None)."""
+def build_pool_and_task(cfg: BenchConfig, data_dir: str | os.PathLike | None = None):
+    """(pool, task, hidden labels or None). A testbed also writes ``pool.jsonl`` and its hidden
+    labels ``defects.jsonl`` into ``data_dir`` when given."""
     if "arith" in cfg.pool:
-        pool, task, labels = ArithTestbed(ArithConfig(**(cfg.pool["arith"] or {}))).build()
-        return pool, task, labels
+        pool, task, labels = ArithTestbed(ArithConfig(**(cfg.pool["arith"] or {}))).build(data_dir)
+        return pool, _with_metric(task, cfg), labels
     if "gsm8k-mix" in cfg.pool:  # the real-data testbed; its task is gsm8k with the same dev split
         from thresher.tasks.gsm8k_mix import GSM8KMixTestbed
 
-        return GSM8KMixTestbed(**(cfg.pool["gsm8k-mix"] or {})).build()
+        pool, task, labels = GSM8KMixTestbed(**(cfg.pool["gsm8k-mix"] or {})).build(data_dir)
+        return pool, _with_metric(task, cfg), labels
 
     pool, _ = load_pool(cfg.pool["path"], on_error=cfg.pool.get("on_error", "raise"))
     labels = None
     if cfg.pool.get("labels"):
         labels = read_defect_labels(cfg.pool["labels"])
-    task = get_task(cfg.task["name"], **(cfg.task.get("params") or {}))
-    return pool, task, labels
+    params = {k: v for k, v in (cfg.task.get("params") or {}).items() if k not in ("metric", "both_metrics")}
+    task = get_task(cfg.task["name"], **params)
+    return pool, _with_metric(task, cfg), labels
+
+
+def _with_metric(task, cfg: BenchConfig):
+    """The task scored with the metric the config's ``task: {params: {metric, both_metrics}}`` names
+    (testbed tasks too: the testbed builds the task, the config still picks its metric)."""
+    p = cfg.task.get("params") or {}
+    if "metric" not in p and "both_metrics" not in p:
+        return task
+    return task.with_metric(p.get("metric"), p.get("both_metrics"))
+
+
+def _task_metric_checked(task: dict, source: str) -> dict:
+    from thresher.tasks.base import check_metric
+
+    p = (task.get("params") or {}) if isinstance(task, dict) else {}
+    try:
+        check_metric(p.get("metric", "accuracy"), p.get("both_metrics", False))
+    except ValueError as e:
+        raise BenchConfigError(f"{source}: task params: {e}") from None
+    return {}
+
+
+def _inner_spec(raw, source: str) -> dict | None:
+    if raw is None:
+        return None
+    known = {"steps", "dev_size", "fidelity_subsets"}
+    if not isinstance(raw, dict) or not raw or set(raw) - known or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in raw.values()):
+        raise BenchConfigError(f"{source}: 'inner_oracle' must map some of {sorted(known)} to positive integers, got {raw!r}")
+    return {"fidelity_subsets": 3, **raw}
 
 
 def _inject(cls_params, params: dict, cfg: BenchConfig) -> dict:
@@ -248,8 +318,46 @@ def _git_commit() -> str:
 
 
 
-def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_progress: bool = True) -> list[dict]:
-    """Run (or continue) a bench; returns every row."""
+@dataclass
+class _Pending:
+    """A row selected but not yet trained: what its row needs from the selection phase."""
+    rid: str
+    label: str
+    selector: str
+    budget: str
+    ids: list[str]
+    params: dict
+    diagnostics: dict
+    oracle_runs: int  # the selection's oracle runs + the final one
+    proxy_calls: int
+    select_seconds: float
+    reference: bool = False
+
+
+def _plan(cfg: BenchConfig, seed: int) -> list[tuple[MethodSpec | str, str]]:
+    """The (method or reference name, budget) rows of one seed, in table order, each once:
+    the bench's budgets (``full`` at 1.0), then methods with their own budgets, then the references."""
+    plan: dict[str, tuple[MethodSpec | str, str]] = {}
+    for b in cfg.budgets:
+        for m in cfg.methods:
+            if m.budgets is None:
+                budget = "1.0" if m.name == "full" else b  # all of the pool (a fraction; "1" would mean one row)
+                plan.setdefault(row_id(m.label, budget, seed), (m, budget))
+    for m in cfg.methods:
+        for b in m.budgets or []:
+            plan.setdefault(row_id(m.label, b, seed), (m, b))
+    for ref in cfg.references:
+        plan.setdefault(row_id(ref, "1.0", seed), (ref, "1.0"))
+    return list(plan.values())
+
+
+def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_progress: bool = True,
+              select_only: bool = False) -> list[dict]:
+    """Run (or continue) a bench; returns every row, in table order.
+
+    ``select_only``: stop after the selections (``RUN_DIR/selections/ROW.jsonl``): no final
+    training, no rows (search methods still call the oracle while they select).
+    """
     from rich.console import Console
 
     console = console or Console()
@@ -257,10 +365,13 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
     (run_dir / "rows").mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "commit": _git_commit(), "python": platform.python_version(),
                                            "machine": f"{platform.machine()} {os.cpu_count()} cpus"})
-    pool, task, labels = build_pool_and_task(cfg)
+    pool, task, labels = build_pool_and_task(cfg, run_dir / "data")
+    if cfg.references and labels is None:
+        raise BenchConfigError(f"{cfg.source}: references {cfg.references} need the pool's hidden labels, and it has none")
+    refs = f" + references {', '.join(cfg.references)}" if cfg.references else ""
     console.print(f"bench {cfg.name}: pool {len(pool)} ({pool.fingerprint[:12]}), task {task.name} dev {len(task.dev)} "
                   f"test {task.test_size}; model {cfg.model}; {len(cfg.methods)} methods x {len(cfg.budgets)} budgets x "
-                  f"{len(cfg.seeds)} seeds -> {run_dir}")
+                  f"{len(cfg.seeds)} seeds{refs}; {cfg.workers} oracle worker(s) -> {run_dir}")
     store = SignalStore(run_dir / "store")
     view = SignalView(pool, store)
     ledger = CostLedger(run_dir / "ledger.jsonl")
@@ -284,53 +395,91 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
         console.print(f"  {line}", markup=False)  # the scorer each model signal used (resolved), and what the runs noted
 
     tier = tier_of(cfg.model)
-    rows = []
-    todo = [(m, b, s) for s in cfg.seeds for b in cfg.budgets for m in cfg.methods]
-    for m, b, seed in todo:
-        selector = selectors[m.label]
-        budget = "1.0" if m.name == "full" else b  # all of the pool (a fraction; "1" would mean one row)
-        rid = row_id(m.label, budget, seed)
-        path = run_dir / "rows" / f"{rid}.json"
-        if path.exists():
-            row = json.loads(path.read_text())
-            if row not in rows:
-                rows.append(row)
-            continue
+    rows: dict[str, dict] = {}
+    order: list[str] = []
+    for seed in cfg.seeds:
         train = TrainConfig.for_tier(tier, **{**cfg.train, "seed": seed})
         oracle = Oracle(task, pool, model=cfg.model, train=train, cache_dir=run_dir / "oracle", ledger=ledger,
                         show_progress=show_progress, workers=cfg.workers, engine=cfg.engine, ray_address=cfg.ray_address)
-        mark = ledger.mark()
-        t_sel = time.perf_counter()
-        sel = selector.select(sel_pool, sel_view, Budget.parse(budget), task=task.dev_view(), seed=seed,
-                              oracle=oracle.dev_view(),  # every method gets it: proxy calls land in the same ledger
-                              artifacts_dir=run_dir / "artifacts" / rid)
-        sel_seconds = time.perf_counter() - t_sel
-        sel.pool_fingerprint, sel.decontamination = pool.fingerprint, decon  # saved against the bench pool
-        # every oracle call made for this selection, in this session or replayed from a resumed search trace
-        search_oracle = sel.cost.get("oracle", {}).get("calls", ledger.count("oracle", since=mark))
-        proxy_calls = ledger.count("proxy", since=mark)
-        sel.save(run_dir / "selections" / f"{rid}.jsonl", pool)
-        dev = oracle.score(sel.ids, label=rid)
-        test = oracle.score_test(sel.ids, label=rid)
-        row = {
-            "method": m.label, "selector": m.name, "params": sel.params, "budget": budget, "seed": seed,
-            "n_selected": len(sel), "dev": round(dev.value, 4), "test": round(test.value, 4),
-            "dev_per_domain": dev.per_domain, "test_per_domain": test.per_domain,
-            "oracle_runs": search_oracle + 1, "proxy_calls": proxy_calls, "tokens_trained": dev.tokens,
-            "wall_s": round(sel_seconds + dev.seconds + test.seconds, 1),
-            "defects": _defects(sel.ids, labels), "diagnostics": sel.diagnostics,
-            "decontamination": _row_decontamination(decon),
-            "test_correct": [int(c) for c in test.correct],
-        }
-        atomic_write_json(path, row)
-        rows.append(row)
-        console.print(f"  {rid}: n={len(sel)} dev {dev.value:.3f} test {test.value:.3f} oracle runs {row['oracle_runs']}"
-                      f" proxy calls {proxy_calls} ({row['wall_s']:.0f}s)")
-    summary = summarise(rows)
-    atomic_write_json(run_dir / "results.json", {"config": cfg.to_dict(), "commit": _git_commit(), "rows": rows, "summary": summary,
-                                            "ledger": ledger.summary()})
-    (run_dir / "table.md").write_text(markdown_table(rows, summary, cfg))
-    return rows
+        inner = oracle.inner(**cfg.inner_oracle) if cfg.inner_oracle else None  # the searches' cheaper oracle
+        inner_scored: dict[str, list] = {}
+        # 2. select every row of this seed still missing (a finished row is read back)
+        pending: list[_Pending] = []
+        for what, budget in _plan(cfg, seed):
+            label = what if isinstance(what, str) else what.label
+            rid = row_id(label, budget, seed)
+            order.append(rid)
+            path = run_dir / "rows" / f"{rid}.json"
+            if path.exists():
+                rows[rid] = json.loads(path.read_text())
+                continue
+            if isinstance(what, str):
+                pending.append(_reference(what, rid, budget, seed, sel_pool, pool, labels, run_dir))
+            else:
+                h0 = len(inner.history) if inner else 0
+                pending.append(_select(what, selectors[what.label], rid, budget, seed, sel_pool, sel_view, pool,
+                                       inner.task if inner else task, inner or oracle, ledger, decon, run_dir))
+                if inner:
+                    inner_scored[rid] = inner.history[h0:]
+        if select_only or not pending:
+            continue
+        # 3. the final fine-tunes of this seed together (cfg.workers processes), then test once per selection
+        if len(pending) > 1:
+            console.print(f"seed {seed}: fine-tuning {len(pending)} final subsets ({cfg.workers} worker(s))")
+        devs = oracle.score_many([p.ids for p in pending], labels=[p.rid for p in pending], workers=cfg.workers)
+        for p, dev in zip(pending, devs):
+            test = oracle.score_test(p.ids, label=p.rid)
+            row = {
+                "method": p.label, "selector": p.selector, "params": p.params, "budget": p.budget, "seed": seed,
+                "n_selected": len(p.ids), "dev": round(dev.value, 4), "test": round(test.value, 4),
+                "dev_per_domain": dev.per_domain, "test_per_domain": test.per_domain,
+                "oracle_runs": p.oracle_runs, "proxy_calls": p.proxy_calls, "tokens_trained": dev.tokens,
+                "wall_s": round(p.select_seconds + dev.seconds + test.seconds, 1),
+                "defects": _defects(p.ids, labels), "diagnostics": p.diagnostics,
+                "decontamination": _row_decontamination(decon), "reference": p.reference,
+                **score_row_fields(dev, test),  # metric, test_correct (accuracy) / test_items (loglik)
+            }
+            if inner_scored.get(p.rid):  # the search used the inner oracle: how faithfully it ranked subsets
+                row.update(oracle.fidelity(inner_scored[p.rid], cfg.inner_oracle["fidelity_subsets"], f"fidelity {p.rid}"))
+            atomic_write_json(run_dir / "rows" / f"{p.rid}.json", row)
+            rows[p.rid] = row
+            console.print(f"  {p.rid}: n={len(p.ids)} dev {dev.value:.3f} test {test.value:.3f} oracle runs {row['oracle_runs']}"
+                          f" proxy calls {p.proxy_calls} ({row['wall_s']:.0f}s)")
+    if select_only:
+        return []
+    rows_list = [rows[rid] for rid in order if rid in rows]
+    summary = summarise(rows_list)
+    atomic_write_json(run_dir / "results.json", {"config": cfg.to_dict(), "commit": _git_commit(), "rows": rows_list,
+                                            "summary": summary, "ledger": ledger.summary()})
+    (run_dir / "table.md").write_text(markdown_table(rows_list, summary, cfg))
+    return rows_list
+
+
+def _select(m: MethodSpec, selector, rid: str, budget: str, seed: int, sel_pool, sel_view, pool, task, oracle: Oracle,
+            ledger: CostLedger, decon: dict, run_dir: Path) -> _Pending:
+    mark = ledger.mark()
+    t_sel = time.perf_counter()
+    sel = selector.select(sel_pool, sel_view, Budget.parse(budget), task=task.dev_view(), seed=seed,
+                          oracle=oracle.dev_view(),  # every method gets it: proxy calls land in the same ledger
+                          artifacts_dir=run_dir / "artifacts" / rid)
+    seconds = time.perf_counter() - t_sel
+    sel.pool_fingerprint, sel.decontamination = pool.fingerprint, decon  # saved against the bench pool
+    # every oracle call made for this selection, in this session or replayed from a resumed search trace
+    search_oracle = sel.cost.get("oracle", {}).get("calls", ledger.count("oracle", since=mark))
+    sel.save(run_dir / "selections" / f"{rid}.jsonl", pool)
+    return _Pending(rid, m.label, m.name, budget, list(sel.ids), sel.params, sel.diagnostics, search_oracle + 1,
+                    ledger.count("proxy", since=mark), seconds)
+
+
+def _reference(name: str, rid: str, budget: str, seed: int, sel_pool, pool, labels: dict, run_dir: Path) -> _Pending:
+    """A reference row's subset, from the hidden labels (of the pool the selectors saw)."""
+    ids = [i for i in sel_pool.ids if labels.get(i) == "clean"]  # clean-only, the one reference
+    if not ids:
+        raise BenchConfigError(f"reference {name}: the hidden labels call no example of the pool clean")
+    sel = Selection(ids=ids, method=name, params={}, budget=budget, seed=seed, pool_fingerprint=pool.fingerprint,
+                    pool_size=len(sel_pool), diagnostics={"reference": REFERENCES[name]})
+    sel.save(run_dir / "selections" / f"{rid}.jsonl", pool)
+    return _Pending(rid, name, name, budget, ids, {}, sel.diagnostics, 1, 0, 0.0, reference=True)
 
 
 def _flag(value, key: str, source: str) -> bool:
@@ -391,6 +540,11 @@ def load_rows(run_dir: str | os.PathLike) -> list[dict]:
 # --------------------------------------------------------------------------- summary
 
 
+def _items(row: dict) -> list:
+    """A row's per-test-item values of its metric (``test_items``; 0/1 ``test_correct`` for accuracy)."""
+    return row.get("test_items") or row.get("test_correct") or []
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per (method, budget): means, paired difference to random with a bootstrap CI."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -405,16 +559,39 @@ def summarise(rows: list[dict]) -> list[dict]:
              "dev_mean": float(np.mean([r["dev"] for r in rs])), "test_mean": float(np.mean([r["test"] for r in rs])),
              "test_sd": float(np.std([r["test"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
              "oracle_runs": float(np.mean([r["oracle_runs"] for r in rs])), "proxy_calls": float(np.mean([r["proxy_calls"] for r in rs])),
-             "wall_s": float(np.mean([r["wall_s"] for r in rs]))}
+             "wall_s": float(np.mean([r["wall_s"] for r in rs])), "reference": any(r.get("reference") for r in rs)}
         comp_budget = budget
         pairs = [(r, random_by.get((comp_budget, r["seed"]))) for r in rs]
         pairs = [(r, q) for r, q in pairs if q is not None and r["selector"] != "random"]
-        if pairs and all(r.get("test_correct") and q.get("test_correct") for r, q in pairs):
-            d, lo, hi = seed_item_bootstrap([r["test_correct"] for r, _ in pairs], [q["test_correct"] for _, q in pairs])
+        if pairs and all(_items(r) and _items(q) for r, q in pairs):
+            d, lo, hi = seed_item_bootstrap([_items(r) for r, _ in pairs], [_items(q) for _, q in pairs])
             s.update({"vs_random": d, "ci_low": lo, "ci_high": hi, "significant": bool(lo > 0 or hi < 0),
                       "paired_seeds": [r["seed"] for r, _ in pairs]})
         out.append(s)
     return out
+
+
+def compare(rows: list[dict], method: str, against: str, budget: str | None = None,
+            against_budget: str | None = None) -> dict | None:
+    """The paired test difference of ``method`` (at ``budget``) to ``against`` (at ``against_budget``,
+    default the same budget) on the seeds both have: mean and 95% seeds x items bootstrap CI, as
+    :func:`summarise` gives against random. None when they share no seed."""
+    def pick(m, b):
+        return {r["seed"]: r for r in rows if r["method"] == m and (b is None or r["budget"] == b)}
+
+    a, b = pick(method, budget), pick(against, against_budget or budget)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d, lo, hi = seed_item_bootstrap([_items(a[s]) for s in seeds], [_items(b[s]) for s in seeds])
+    return {"method": method, "against": against, "diff": d, "ci_low": lo, "ci_high": hi, "seeds": seeds,
+            "significant": bool(lo > 0 or hi < 0)}
+
+
+def describe_comparison(c: dict | None) -> str:
+    if c is None:
+        return "no common seeds"
+    return f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{' *' if c['significant'] else ''} (seeds {c['seeds']})"
 
 
 def markdown_table(rows: list[dict], summary: list[dict], cfg: BenchConfig | None = None) -> str:
@@ -431,9 +608,11 @@ def markdown_table(rows: list[dict], summary: list[dict], cfg: BenchConfig | Non
     for s in summary:
         vs = f"{s['vs_random']:+.3f}{' *' if s.get('significant') else ''}" if "vs_random" in s else ""
         ci = f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]" if "ci_low" in s else ""
-        lines.append(f"| {s['method']} | {s['budget']} | {s['n_selected']:.0f} | {s['dev_mean']:.3f} | {s['test_mean']:.3f} | "
+        lines.append(f"| {_name(s)} | {s['budget']} | {s['n_selected']:.0f} | {s['dev_mean']:.3f} | {s['test_mean']:.3f} | "
                      f"{s['test_sd']:.3f} | {vs} | {ci} | {s['oracle_runs']:.1f} | {s['proxy_calls']:.1f} | {s['wall_s']:.0f} |")
-    lines.append("\n`*` the CI excludes 0. oracle runs = fine-tuning runs the selection needed plus the final one.\n")
+    note = (" `ref` = a reference row built from the hidden labels (" + "; ".join(f"{k}: {v}" for k, v in REFERENCES.items())
+            + "), not a selector." if any(s.get("reference") for s in summary) else "")
+    lines.append(f"\n`*` the CI excludes 0. oracle runs = fine-tuning runs the selection needed plus the final one.{note}\n")
     lines.append("## Rows\n")
     has_defects = any(r.get("defects") for r in rows)
     head = "| method | budget | seed | n | dev | test | oracle runs | proxy calls | tokens trained | wall s |"
@@ -441,7 +620,7 @@ def markdown_table(rows: list[dict], summary: list[dict], cfg: BenchConfig | Non
     lines.append(head)
     lines.append("|" + "---|" * (head.count("|") - 1))
     for r in sorted(rows, key=lambda r: (r["budget"], r["method"], r["seed"])):
-        line = (f"| {r['method']} | {r['budget']} | {r['seed']} | {r['n_selected']} | {r['dev']:.3f} | {r['test']:.3f} | "
+        line = (f"| {_name(r)} | {r['budget']} | {r['seed']} | {r['n_selected']} | {r['dev']:.3f} | {r['test']:.3f} | "
                 f"{r['oracle_runs']} | {r['proxy_calls']} | {r['tokens_trained']} | {r['wall_s']:.0f} |")
         if has_defects:
             d = r.get("defects") or {}
@@ -449,3 +628,8 @@ def markdown_table(rows: list[dict], summary: list[dict], cfg: BenchConfig | Non
                      f"{d.get('exact_dup', 0) + d.get('near_dup', 0)}/{d.get('off_task', 0)}/{d.get('trivial', 0)} |")
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _name(r: dict) -> str:
+    """A row's (or summary entry's) method as the tables show it: references marked."""
+    return f"{r['method']} (ref)" if r.get("reference") else r["method"]

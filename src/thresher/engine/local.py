@@ -26,7 +26,13 @@ from typing import Any
 from thresher.data.pool import Pool
 from thresher.data.store import SignalKey, SignalStore
 from thresher.engine.ray import run_shards_ray
-from thresher.engine.shards import compute_example_shard, count_flags, run_note, shard_plan, write_shard
+from thresher.engine.shards import (
+    compute_example_shard,
+    count_flags,
+    run_note,
+    shard_plan,
+    write_shard,
+)
 from thresher.errors import StoreError
 from thresher.progress import progress
 from thresher.signals.base import VECTORS, Signal
@@ -98,7 +104,9 @@ def run_signal(signal: Signal, pool: Pool, store: SignalStore, *, engine: str = 
                 cols = signal.compute_pool(pool, inputs)
                 bar.update(1)
             write_shard(store, key, 0, pool.ids, cols, signal)
-            store.finish(key, 1, {"seconds": time.perf_counter() - t0, "engine": engine}, ids=pool.ids)
+            cost = getattr(signal, "last_cost", None)  # a pool signal's own cost (e.g. trainings, steps, seconds)
+            store.finish(key, 1, {"seconds": time.perf_counter() - t0, "engine": engine, **({"cost": cost} if cost else {})},
+                         ids=pool.ids)
             return SignalRun(signal.name, key, 1, 0, time.perf_counter() - t0, len(pool), scorer)
 
         size = shard_size or signal.default_shard_size
@@ -116,7 +124,11 @@ def run_signal(signal: Signal, pool: Pool, store: SignalStore, *, engine: str = 
                 for i, s, e in todo:
                     recs = pool.slice(s, e)
                     tick = _ShardTicker(bar, e - s)
-                    cols = compute_example_shard(signal, recs, on_progress=tick)
+                    signal.on_progress = tick  # the signal reports within the shard (Signal.advance)
+                    try:
+                        cols = compute_example_shard(signal, recs)
+                    finally:
+                        signal.on_progress = None
                     count_flags(cols, counts)
                     write_shard(store, key, i, [r["id"] for r in recs], cols, signal)
                     tick.finish()

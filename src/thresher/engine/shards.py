@@ -28,15 +28,11 @@ def write_shard(store: SignalStore, key: SignalKey, i: int, ids: list[str], cols
     store.write_shard(key, i, ids, {c: cols[c] for c in signal.columns}, vectors)
 
 
-def compute_example_shard(signal: Signal, records: list[dict], on_progress=None) -> dict[str, Any]:
-    """``signal.compute(records)`` after its setup; ``on_progress`` (examples done, as the
-    signal reports them within the shard, see :meth:`Signal.advance`) while it runs."""
+def compute_example_shard(signal: Signal, records: list[dict]) -> dict[str, Any]:
+    """``signal.compute(records)`` after its setup (the local engine sets ``signal.on_progress``
+    around it, so the signal can report within the shard: :meth:`Signal.advance`)."""
     signal.ensure_setup()
-    signal.on_progress = on_progress
-    try:
-        return signal.compute(records)
-    finally:
-        signal.on_progress = None
+    return signal.compute(records)
 
 
 def is_flag(name: str) -> bool:

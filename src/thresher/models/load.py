@@ -50,7 +50,7 @@ def is_micro(spec: str) -> bool:
 AUTO = "auto"
 #: the ``source`` of every record of the arith testbed (``tasks/arith.py``)
 ARITH_SOURCE = "arith"
-_ARITH_POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ARITH_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def is_arith_pool(pool) -> bool:

@@ -2,6 +2,10 @@
 
 Loss is the mean cross-entropy over answer tokens only (every assistant turn), with the
 answer mask from the model's chat template (:mod:`thresher.models.chat`).
+
+On CUDA the forward pass runs under bf16 autocast (fp16 where bf16 is unsupported); the
+weights stay as loaded (bf16 on CUDA, see :func:`thresher.models.load.load_model`) and
+peft keeps the LoRA adapters in fp32, so the trainable parameters and AdamW state are fp32.
 """
 from __future__ import annotations
 
@@ -139,6 +143,13 @@ def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", s
             yield from perm
 
     stream = index_stream()
+    if device.type == "cuda":
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = lambda: torch.autocast(device_type="cuda", dtype=amp)  # noqa: E731
+    else:
+        import contextlib
+
+        autocast = contextlib.nullcontext
     t0 = time.perf_counter()
     tokens = ans_tokens = seen = 0
     curve = []
@@ -153,8 +164,9 @@ def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", s
             labels = torch.from_numpy(np.where(ans, ids, -100)).to(device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, cfg)
-            out = model(input_ids=ids_t, attention_mask=att_t, labels=labels)
-            loss = out.loss
+            with autocast():
+                out = model(input_ids=ids_t, attention_mask=att_t, labels=labels)
+            loss = out.loss.float()
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -1,7 +1,7 @@
 """The oracle: fine-tune the base model on a subset and score the task's dev split.
 
 Results are cached by (pool fingerprint, subset ids, base model, train config, task dev
-fingerprint), so asking twice costs nothing; every call goes into the cost ledger
+fingerprint, and the task's metric when it is not plain accuracy), so asking twice costs nothing; every call goes into the cost ledger
 (runs, examples seen, tokens, wall seconds). The trained weights of each run are kept
 so the final selection's *test* score needs no retraining.
 
@@ -47,7 +47,14 @@ class Score:
     key: str
     n_items: int = 0
     train_loss: float | None = None
-    correct: list[bool] = field(default_factory=list, repr=False)
+    #: per-item values of the chosen metric: 0/1 outcomes for ``accuracy``, mean answer-token
+    #: log-probabilities for ``loglik`` (what HARP's ``domain_effects`` and the paired bootstrap read)
+    correct: list = field(default_factory=list, repr=False)
+    metric: str = "accuracy"
+    #: every metric computed (``accuracy`` and / or ``loglik``), with per-domain and per-item values
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    per_domain_all: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    per_item: dict[str, list] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +84,11 @@ class DevOracle:
     def score_many(self, id_lists, labels=None, workers: int | None = None) -> list[Score]:
         return self._oracle.score_many(id_lists, labels=labels, workers=workers)
 
+    @property
+    def history(self) -> list[tuple[list[str], float]]:
+        """Every (subset ids, dev value) this oracle scored, in order (inner-oracle fidelity reads it)."""
+        return self._oracle.history
+
     def base_score(self) -> Score:
         return self._oracle.base_score()
 
@@ -99,15 +111,62 @@ class Oracle:
         self.engine = engine
         self.ray_address = ray_address
         self._model_id = model_identity(model)
-        self._dev_fp = (task.dev_view() if isinstance(task, Task) else task).fingerprint()
+        dev_task = task.dev_view() if isinstance(task, Task) else task
+        self._dev_fp = dev_task.fingerprint()
+        self._metric_tag = dev_task.metric_tag() if hasattr(dev_task, "metric_tag") else None
+        #: (subset ids, dev value) of every dev scoring, in order
+        self.history: list[tuple[list[str], float]] = []
 
     def dev_view(self) -> DevOracle:
         return DevOracle(self)
 
+    # --- search small, train big
+    def inner(self, steps: int | None = None, dev_size: int | None = None, seed: int = 0, **_ignored) -> "Oracle":
+        """A cheaper oracle for searches: ``steps`` training steps, a seeded ``dev_size``-item
+        subset of the dev split (kept in dev order); same pool, model, cache folder and ledger.
+        Its task keeps the test split, so selectors get the same kind of task (but never test it)."""
+        task = self.task
+        if dev_size is not None and dev_size < len(task.dev):
+            if dev_size < 1:
+                raise ValueError(f"inner oracle dev_size must be >= 1, got {dev_size}")
+            import random
+
+            keep = sorted(random.Random(f"inner-dev-{seed}").sample(range(len(task.dev)), dev_size))
+            dev = [task.dev[i] for i in keep]
+            task = task.with_dev(dev) if isinstance(task, Task) else dataclasses.replace(task, dev=dev)
+        train = dataclasses.replace(self.train, steps=steps, epochs=None) if steps is not None else self.train
+        return Oracle(task, self.pool, model=self.model, train=train, cache_dir=self.cache_dir, ledger=self.ledger,
+                      show_progress=self.show_progress, eval_batch_size=self.eval_batch_size, workers=self.workers,
+                      engine=self.engine, ray_address=self.ray_address)
+
+    def fidelity(self, scored: list[tuple[list[str], float]], max_subsets: int = 3, label: str = "fidelity") -> dict:
+        """Score up to ``max_subsets`` of the subsets an inner oracle scored (``scored``: its
+        ``history`` slice) with this oracle, spread over the inner score range; returns
+        ``{inner_fidelity (Spearman or None), inner_fidelity_n, inner_fidelity_pairs}``."""
+        from thresher.stats import oracle_fidelity
+
+        uniq: dict[str, tuple[list[str], float]] = {}
+        for ids, v in scored:
+            uniq.setdefault(ids_digest(ids), (ids, v))
+        keys = sorted(uniq, key=lambda k: uniq[k][1])
+        if len(keys) > max_subsets:  # evenly spaced in inner-score order: the extremes and the middle
+            import numpy as np
+
+            keys = [keys[int(round(i))] for i in np.linspace(0, len(keys) - 1, max_subsets)]
+        if not keys:
+            return {"inner_fidelity": None, "inner_fidelity_n": 0, "inner_fidelity_pairs": []}
+        full = self.score_many([uniq[k][0] for k in keys], labels=[label] * len(keys))
+        f = oracle_fidelity({k: uniq[k][1] for k in keys}, {k: s.value for k, s in zip(keys, full)})
+        return {"inner_fidelity": f["spearman"], "inner_fidelity_n": f["n"],
+                "inner_fidelity_pairs": [[k[:12], a, b] for k, a, b in f["pairs"]]}
+
     # --- keys and cache
     def key(self, ids, train: TrainConfig | None = None) -> str:
         cfg = train or self.train
-        raw = json.dumps([self.pool.fingerprint, ids_digest(ids), self._model_id, cfg.key(), self._dev_fp])
+        parts = [self.pool.fingerprint, ids_digest(ids), self._model_id, cfg.key(), self._dev_fp]
+        if self._metric_tag:  # loglik (or both metrics) never reuses a cached accuracy result
+            parts.append(self._metric_tag)
+        raw = json.dumps(parts)
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
     def _dir(self, key: str) -> Path:
@@ -130,15 +189,29 @@ class Oracle:
                             save_dir=str(self._dir(key) / "model") if recs else None, eval_batch_size=self.eval_batch_size,
                             threads=threads, progress=self.show_progress, desc=f"oracle {label}".strip())
 
+    @staticmethod
+    def _value(res: dict) -> float:
+        return res["value"] if "value" in res else res["accuracy"]  # (results cached before metrics had "value")
+
     def _to_score(self, key: str, res: dict, split: str, cached: bool) -> Score:
-        return Score(value=res["accuracy"], split=split, per_domain=res["per_domain"], n_examples=res.get("examples", 0),
+        metric = res.get("metric", "accuracy")
+        items = res.get("items") if metric != "accuracy" else res.get("correct", [])
+        metrics = {m: res.get(m) for m in ("accuracy", "loglik") if res.get(m) is not None}
+        per_dom = {m: res[f"per_domain_{m}"] for m in ("accuracy", "loglik") if f"per_domain_{m}" in res}
+        per_item = {}
+        if "correct" in res:
+            per_item["accuracy"] = [float(c) for c in res["correct"]]
+        if "loglik_items" in res:
+            per_item["loglik"] = list(res["loglik_items"])
+        return Score(value=self._value(res), split=split, per_domain=res["per_domain"], n_examples=res.get("examples", 0),
                      tokens=res.get("tokens", 0), seconds=res["seconds"], cached=cached, key=key, n_items=res["n_items"],
-                     train_loss=res.get("train_loss"), correct=res.get("correct", []))
+                     train_loss=res.get("train_loss"), correct=list(items or []), metric=metric, metrics=metrics,
+                     per_domain_all=per_dom, per_item=per_item)
 
     def _record(self, kind: str, label: str, key: str, res: dict, cached: bool, n_ids: int) -> None:
         self.ledger.record(LedgerEntry(kind=kind, label=label, examples=res.get("examples", 0), tokens=res.get("tokens", 0),
                                        seconds=0.0 if cached else res["seconds"], cached=cached, key=key,
-                                       extra={"subset_size": n_ids, "score": res["accuracy"]}))
+                                       extra={"subset_size": n_ids, "score": self._value(res)}))
 
     # --- dev scoring
     def score(self, ids, label: str = "") -> Score:
@@ -152,6 +225,7 @@ class Oracle:
             res = self._run([self._job(ids, label)])[0]
             self._save(key, "dev", res)
         self._record("oracle", label, key, res, cached, len(set(ids)))
+        self.history.append((ids, self._value(res)))
         return self._to_score(key, res, "dev", cached)
 
     def score_many(self, id_lists, labels=None, workers: int | None = None) -> list[Score]:
@@ -181,6 +255,7 @@ class Oracle:
             cached = key not in fresh or key in seen_fresh
             seen_fresh.add(key)
             self._record("oracle", label, key, results[key], cached, len(set(ids)))
+            self.history.append((list(ids), self._value(results[key])))
             scores.append(self._to_score(key, results[key], "dev", cached))
         return scores
 
@@ -195,7 +270,8 @@ class Oracle:
 
     def base_score(self) -> Score:
         """The base model's dev score without fine-tuning (b_d in HARP)."""
-        key = "base-" + hashlib.sha256(json.dumps([self._model_id, self._dev_fp, self.train.seed]).encode()).hexdigest()[:20]
+        parts = [self._model_id, self._dev_fp, self.train.seed] + ([self._metric_tag] if self._metric_tag else [])
+        key = "base-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
         res = self._load(key, "dev")
         cached = res is not None
         if res is None:
@@ -223,6 +299,18 @@ class Oracle:
             res = eval_saved(job)
             self._save(key, "test", res)
             with open(self.cache_dir / "test_log.jsonl", "a") as f:
-                f.write(json.dumps({"key": key, "label": label, "accuracy": res["accuracy"], "at": time.time()}) + "\n")
+                f.write(json.dumps({"key": key, "label": label, "accuracy": res.get("accuracy"), "metric": res.get("metric", "accuracy"),
+                                    "value": self._value(res), "at": time.time()}) + "\n")
         self._record("test", label, key, res, cached, len(set(ids)))
         return self._to_score(key, res, "test", cached)
+
+
+def score_row_fields(dev: Score, test: Score) -> dict:
+    """A bench row's metric fields: ``metric``, ``dev_metrics`` / ``test_metrics`` (every metric
+    computed), ``test_correct`` (per-item 0/1, when accuracy was computed) and, for a metric
+    other than accuracy, ``test_items`` (its per-item values: what the paired bootstrap reads)."""
+    out = {"metric": test.metric, "dev_metrics": dict(dev.metrics), "test_metrics": dict(test.metrics),
+           "test_correct": [int(c) for c in test.per_item.get("accuracy", test.correct if test.metric == "accuracy" else [])]}
+    if test.metric != "accuracy":
+        out["test_items"] = [float(v) for v in test.correct]
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.data.io import atomic_dir
-from thresher.models.evaluate import evaluate
+from thresher.models.evaluate import evaluate_task
 from thresher.models.load import load_model, save_pretrained_dir
 from thresher.models.train import TrainConfig, attach_lora, finetune
 from thresher.tasks.base import DevTask, TaskItem
@@ -49,15 +49,15 @@ def run_job(job: TrainEvalJob) -> dict[str, Any]:
     tr = None
     if job.records:
         tr = finetune(model, lm.tokenizer, job.records, cfg, desc=job.desc or "oracle train", show_progress=job.progress)
-    ev = evaluate(model, lm.tokenizer, job.task, job.items, batch_size=job.eval_batch_size, desc="oracle eval", show_progress=job.progress)
+    ev = evaluate_task(model, lm.tokenizer, job.task, job.items, batch_size=job.eval_batch_size, desc="oracle eval",
+                       show_progress=job.progress)
     if job.save_dir and job.records:
         Path(job.save_dir).parent.mkdir(parents=True, exist_ok=True)
         atomic_dir(job.save_dir, lambda tmp: save_pretrained_dir(model, lm.tokenizer, tmp))
     return {
-        "accuracy": ev.accuracy, "per_domain": ev.per_domain, "correct": ev.correct, "n_items": ev.n,
+        **ev,  # metric, value, per_domain, items, n_items, accuracy (None when not computed), correct / loglik fields
         "examples": tr.examples_seen if tr else 0, "tokens": tr.tokens_seen if tr else 0,
         "train_loss": tr.final_loss if tr else None, "seconds": time.perf_counter() - t0,
-        "outputs_head": ev.outputs[:5],
     }
 
 
@@ -75,5 +75,5 @@ def eval_saved(job: TrainEvalJob) -> dict[str, Any]:
     else:
         lm = load_model(job.save_dir)
         model, tok = lm.model, lm.tokenizer
-    ev = evaluate(model, tok, job.task, job.items, batch_size=job.eval_batch_size, desc="test eval", show_progress=job.progress)
-    return {"accuracy": ev.accuracy, "per_domain": ev.per_domain, "correct": ev.correct, "n_items": ev.n, "seconds": time.perf_counter() - t0}
+    ev = evaluate_task(model, tok, job.task, job.items, batch_size=job.eval_batch_size, desc="test eval", show_progress=job.progress)
+    return {**ev, "seconds": time.perf_counter() - t0}

@@ -175,6 +175,7 @@ class SignalView:
         self._cache: dict[str, dict[str, Any]] = {}
 
     def _read(self, signal: Signal) -> dict[str, Any]:
+        signal = signal.for_pool(self.pool)  # a scorer "auto" is the model it resolves to here (named in the hint below)
         key = signal.key(self.pool)
         if key.digest not in self._cache:
             if not self.store.is_complete(key):

@@ -6,8 +6,10 @@ The pieces are small and separate so that every search method can reuse them:
 
 - :class:`Simplex` and :class:`Box`: the domain, which knows how to draw random points
   and points near a given one (acquisitions are maximised over such candidate sets).
-- :func:`fit_gp`: a GP on (X, y) with a constant x Matern(nu=2.5, one length scale per
-  coordinate) + white-noise kernel, ``normalize_y=True``, seeded restarts.
+- :func:`fit_gp` / :func:`gp_predict`: the package's one GP builder: a GP on (X, y) with a
+  constant x Matern(nu=2.5, one length scale per coordinate by default, or one shared) +
+  white-noise kernel (:func:`gp_kernel`), ``normalize_y=True``, seeded restarts; TMAP's
+  search and AutoSelection's surrogate both fit through it.
 - :func:`expected_improvement`, :func:`upper_confidence_bound`: acquisitions (maximisation).
 - :class:`BayesianOptimiser`: ``ask()`` / ``tell()`` loop with an initial design
   (given points, then random points) followed by acquisition steps;
@@ -27,6 +29,7 @@ proposals.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -140,14 +143,35 @@ Domain = Simplex | Box
 # --------------------------------------------------------------------------- surrogate and acquisitions
 
 
-def fit_gp(X: np.ndarray, y: np.ndarray, seed: int = 0, *, nu: float = 2.5, length_scale: float = 0.5,
-           noise: float = 1e-3, restarts: int = 3):
-    """A scikit-learn GP on (X, y): Constant x Matern(nu) with per-coordinate length scales, plus
-    white noise (learned); targets normalised. Fit warnings (bounds reached) are silenced."""
+def gp_kernel(dim: int, *, nu: float = 2.5, length_scale: float = 0.5, ard: bool = True,
+              length_scale_bounds: tuple[float, float] = (1e-2, 1e2), noise: float = 1e-3):
+    """The surrogate's kernel: ``Constant(1, (1e-3, 1e3)) x Matern(nu) + White(noise, (1e-6, 1))``.
+
+    ``ard``: one Matern length scale per coordinate (``dim`` of them, all starting at
+    ``length_scale``); otherwise one shared (isotropic) length scale."""
     try:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    except ImportError as e:  # pragma: no cover - scikit-learn is a core dependency
+        raise ImportError("thresher.select.bayesopt needs scikit-learn (pip install scikit-learn)") from e
+    scale = np.full(dim, length_scale) if ard else length_scale
+    return (ConstantKernel(1.0, (1e-3, 1e3))
+            * Matern(length_scale=scale, length_scale_bounds=length_scale_bounds, nu=nu)
+            + WhiteKernel(noise, (1e-6, 1.0)))
+
+
+def fit_gp(X: np.ndarray, y: np.ndarray, seed: int = 0, *, nu: float = 2.5, length_scale: float = 0.5, ard: bool = True,
+           length_scale_bounds: tuple[float, float] = (1e-2, 1e2), noise: float = 1e-3, restarts: int = 3,
+           one_blas_thread: bool = True):
+    """A scikit-learn GP on (X, y) with :func:`gp_kernel` (hyper-parameters learned by maximum
+    likelihood, ``restarts`` extra seeded optimiser starts, ``random_state=seed``); targets
+    normalised. Fit warnings (bounds reached, convergence) are silenced. ``one_blas_thread``
+    fits under :func:`single_blas_thread` (the matrices are tiny). Predict with :func:`gp_predict`.
+
+    The one GP builder of the package: TMAP's Bayesian optimisation uses the defaults
+    (per-coordinate length scales 0.5, bounds 1e-2..1e2, noise 1e-3); AutoSelection's
+    surrogate one shared length scale sqrt(d) / 2, bounds 1e-2..1e3, noise 1e-2."""
+    try:
+        from sklearn.gaussian_process import GaussianProcessRegressor
     except ImportError as e:  # pragma: no cover - scikit-learn is a core dependency
         raise ImportError("thresher.select.bayesopt needs scikit-learn (pip install scikit-learn)") from e
     X = np.asarray(X, dtype=np.float64)
@@ -156,15 +180,32 @@ def fit_gp(X: np.ndarray, y: np.ndarray, seed: int = 0, *, nu: float = 2.5, leng
         raise ValueError(f"fit_gp: X must be [n, d] and y [n] with n >= 1, got {X.shape} and {y.shape}")
     if not np.isfinite(y).all():
         raise ValueError("fit_gp: y has NaN or infinite values")
-    kernel = (ConstantKernel(1.0, (1e-3, 1e3))
-              * Matern(length_scale=np.full(X.shape[1], length_scale), length_scale_bounds=(1e-2, 1e2), nu=nu)
-              + WhiteKernel(noise, (1e-6, 1.0)))
+    kernel = gp_kernel(X.shape[1], nu=nu, length_scale=length_scale, ard=ard, length_scale_bounds=length_scale_bounds,
+                       noise=noise)
     gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=restarts, random_state=seed)
-    with warnings.catch_warnings(), single_blas_thread():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with _quiet_fit(), single_blas_thread() if one_blas_thread else contextlib.nullcontext():
         gp.fit(X, y)
     return gp
+
+
+def gp_predict(gp, X: np.ndarray, *, one_blas_thread: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a fitted GP at the rows of ``X`` (float64), warnings silenced."""
+    with _quiet_fit(), single_blas_thread() if one_blas_thread else contextlib.nullcontext():
+        mu, sd = gp.predict(np.asarray(X, dtype=np.float64), return_std=True)
+    return np.asarray(mu, dtype=np.float64), np.asarray(sd, dtype=np.float64)
+
+
+@contextlib.contextmanager
+def _quiet_fit():
+    """Silence what a GP fit or predict warns about on tiny data (bounds reached, convergence,
+    negative predicted variances clipped to 0)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def single_blas_thread():
@@ -271,8 +312,7 @@ class BayesianOptimiser:
         for i in np.argsort(-y, kind="stable")[: self.local_from]:
             cand.append(self.domain.around(X[i], self.n_local, self.rng))
         C = np.vstack(cand)
-        with single_blas_thread():
-            mu, sd = gp.predict(C, return_std=True)
+        mu, sd = gp_predict(gp, C)
         if self.acquisition == "ei":
             acq = expected_improvement(mu, sd, float(y.max()), self.xi)
         else:

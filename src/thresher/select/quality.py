@@ -5,8 +5,15 @@ A quality source is named by a short spec, recorded with every selection:
 
 - ``judge``: the LLM judge's 0-5 rating (``judge_quality``), divided by 5;
 - ``reward:MODEL``: a sequence-classification reward model, ``clip((r + 5) / 10, 0, 1)``;
-- ``COLUMN`` or ``COLUMN:low``: any stored signal column for offline use, rank-normalised
-  to [0, 1] (``:low`` when lower is better, e.g. ``loss:low``).
+- ``COLUMN``, ``COLUMN:high`` or ``COLUMN:low``: any stored scalar signal column,
+  rank-normalised to [0, 1] (``:low`` when lower is better), e.g. ``loss:low``,
+  ``loss_final:low``, ``loss_max:low`` (the ``lm`` signal), ``xfit_loss:low``
+  (``crossfit_loss``: the loss under a scorer that never saw the example),
+  ``dm_confidence:high`` or ``dm_variability:low`` (``datamap``). A signal with one
+  column may be named instead of the column. The signal is made with the selector's
+  scorer params it accepts (``model`` for every scorer signal). An unknown column is a
+  ValueError naming the known ones; a non-numeric column (an id, JSON text) fails when
+  read, naming the spec.
 
 NaN (a failed judge reply, a truncated answer) stays NaN; selectors exclude and count it.
 """
@@ -28,7 +35,14 @@ class QualitySource:
     normalise: str  # "as_is" (already in [0, 1]) or "rank"
 
     def values(self, view) -> np.ndarray:
-        raw = np.asarray(view.signal(self.signal)[self.column], dtype=np.float64)
+        col = view.signal(self.signal)[self.column]
+        try:
+            if np.asarray(col).dtype.kind in "USV":  # (numeric text would convert silently)
+                raise TypeError
+            raw = np.asarray(col, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"quality {self.spec!r}: column {self.column!r} of signal {self.signal.name!r} is not a "
+                             f"numeric column; name a scalar column") from None
         if self.normalise == "as_is":
             return raw if self.direction == "high" else 1.0 - raw
         return rank_normalise(raw if self.direction == "high" else -raw)
@@ -81,6 +95,15 @@ def quality_source(spec: str, *, signal_params: dict | None = None, judge_params
         if len(cls.columns) != 1:
             raise ValueError(f"quality {spec!r}: signal {cls.name!r} has several columns {cls.columns}; name one")
         column = cls.columns[0]
-    accepted = set(cls.Params.model_fields)
-    params = {k: v for k, v in (signal_params or {}).items() if k in accepted}
-    return QualitySource(spec, cls(**params), column, direction, "rank")
+    return QualitySource(spec, cls(**scorer_params_for(cls, signal_params or {})), column, direction, "rank")
+
+
+def scorer_params_for(cls, params: dict) -> dict:
+    """The scorer params (``model``, ``warmup_*``) a signal class takes. A ``model="auto"`` goes only
+    to a signal whose own default is ``auto`` (the ``lm`` scorer); any other (the ``text`` signal's
+    tokenizer) keeps its default, so the signals it already stored stay the ones read."""
+    fields = cls.Params.model_fields
+    out = {k: v for k, v in params.items() if k in fields}
+    if out.get("model") == "auto" and fields["model"].default != "auto":
+        out.pop("model")
+    return out

@@ -52,7 +52,7 @@ class Signal:
         #: set by the engine while a shard computes: called with the examples done so far (:meth:`advance`)
         self.on_progress = None
 
-    def for_pool(self, pool) -> "Signal":
+    def for_pool(self, pool) -> Signal:
         """This signal as it runs on ``pool``: a scorer ``model="auto"`` becomes the model it
         resolves to there (:func:`thresher.models.load.resolve_scorer`), so ``auto`` never
         enters a cache key; otherwise the signal itself."""
@@ -112,7 +112,7 @@ class Signal:
 
 #: every signal class by name; the built-in families are imported on first access
 SIGNALS: Registry[type[Signal]] = Registry("signal", tuple(f"thresher.signals.{m}" for m in (
-    "text", "lm", "embed", "geometry", "dedup", "judge", "heuristics", "reward")))
+    "text", "lm", "embed", "hidden", "geometry", "dedup", "judge", "heuristics", "reward", "dynamics")))
 #: column name -> the signal that produces it (a column belongs to exactly one signal)
 COLUMN_OWNERS: dict[str, str] = {}
 

@@ -10,10 +10,15 @@ vector is divided by it (unit length, so dot products are cosines). Texts are so
 by length for batching (less padding) and the original order is restored. The cache
 key holds the model id and what was embedded; the batch size is left out (it changes
 only the speed).
+
+``discipline_embeddings`` (pool scope) embeds what THTB's interdisciplinary complexity
+compares: the discipline descriptions the ``judge_disciplines`` signal listed for each
+example, so the THTB selector only reads stored vectors.
 """
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -21,6 +26,7 @@ from pydantic import Field
 from thresher.data.pool import assistant_text, user_text
 from thresher.models.load import model_identity
 from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
+from thresher.signals.judge import DisciplinesParams, JudgeDisciplines
 
 DEFAULT_ENCODER = "minilm"
 _MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -168,3 +174,100 @@ def _batch_rows(out) -> int:
         return int(emb.shape[0])
     except (KeyError, TypeError, AttributeError, IndexError):
         return 0
+
+
+# --------------------------------------------------------------------------- THTB: discipline descriptions
+
+
+def embed_unique(texts: list[str], model: str = DEFAULT_ENCODER, *, batch_size: int = 64) -> np.ndarray:
+    """Unit vectors (float32 [len(texts), d]) of ``texts``, each distinct text encoded once.
+
+    The distinct texts go to the encoder sorted (then longest first, :func:`encode_texts`),
+    so the same set of texts always meets the encoder in the same batches."""
+    unique = sorted(set(texts))
+    vectors, _ = encode_texts(load_encoder(model), unique, batch_size=batch_size, normalize=True)
+    row = {t: i for i, t in enumerate(unique)}
+    return vectors[[row[t] for t in texts]]
+
+
+def parse_disciplines_json(text: str, where: str) -> list[dict[str, str]]:
+    """The validated discipline list stored by ``judge_disciplines`` ('' for a failure -> [])."""
+    if not text:
+        return []
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: disciplines_json is not valid JSON ({e.msg})") from None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i and "description" in i for i in items):
+        raise ValueError(f"{where}: disciplines_json must be a list of {{name, description}} objects")
+    return items
+
+
+def discipline_lists(columns: dict, ids: list[str]) -> list[list[dict[str, str]] | None]:
+    """Each example's discipline list from the ``judge_disciplines`` columns (None: the judge's reply failed)."""
+    failed = np.asarray(columns["disciplines_judge_failed"], dtype=bool)
+    raw = [str(x) for x in np.asarray(columns["disciplines_json"], dtype=object)]
+    return [None if f else parse_disciplines_json(t, f"example {i!r}") for f, t, i in zip(failed, raw, ids)]
+
+
+class DisciplineEmbeddingParams(DisciplinesParams):
+    embed_model: str = Field(DEFAULT_ENCODER, description="sentence encoder of the discipline descriptions (minilm, or any sentence-transformers name or path); the other params are those of the judge_disciplines signal this reads")
+
+
+@register_signal
+class DisciplineEmbeddings(Signal):
+    """THTB's interdisciplinary-complexity input, computed once per pool and stored.
+
+    Reads ``judge_disciplines`` and stores, per example, the unit vector of every discipline
+    description the judge listed (in the judge's order; none for a failed reply), as a list
+    of float32 vectors. Every distinct description in the pool is encoded once
+    (:func:`embed_unique`). What a selector does with them (which description stands for a
+    subject, normalisations within a stage) is the selector's business.
+    """
+
+    name = "discipline_embeddings"
+    version = 1
+    scope = "pool"
+    family = "embedding"
+    columns = ("discipline_vectors",)
+    Params = DisciplineEmbeddingParams
+    description = ("THTB interdisciplinary complexity input: unit sentence-encoder vectors of the discipline descriptions "
+                   "judge_disciplines listed for each example (one per discipline, in its order; none for a failed reply)")
+
+    def disciplines(self) -> JudgeDisciplines:
+        """The ``judge_disciplines`` signal this reads (the same judge params)."""
+        return JudgeDisciplines(**self.params.model_dump(exclude={"embed_model"}))
+
+    def model_id(self) -> str | None:
+        return encoder_identity(self.params.embed_model)
+
+    def key_params(self) -> dict:
+        # the judge's key (prompt, endpoint, model, generation) says which lists were embedded
+        return {**self.disciplines().key_params(), "embed_model": self.params.embed_model}
+
+    def requires(self) -> list[Signal]:
+        return [self.disciplines()]
+
+    def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, Any]:
+        cols = inputs["judge_disciplines"]
+        n = len(np.asarray(cols["disciplines_json"]))
+        ids = pool.ids if pool is not None else [str(i) for i in range(n)]
+        lists = discipline_lists(cols, ids)
+        texts = [it["description"] for items in lists if items for it in items]
+        vectors = embed_unique(texts, self.params.embed_model) if texts else np.zeros((0, 0), dtype=np.float32)
+        out: list[list[np.ndarray]] = []
+        pos = 0
+        for items in lists:
+            m = len(items) if items else 0
+            out.append(list(vectors[pos:pos + m]))
+            pos += m
+        return {"discipline_vectors": out}
+
+
+def discipline_vectors(column) -> list[np.ndarray]:
+    """The stored ``discipline_vectors`` column as one float32 [m, d] matrix per example ([0, 0] for none)."""
+    out = []
+    for cell in column:
+        rows = list(cell) if cell is not None else []
+        out.append(np.stack([np.asarray(r, dtype=np.float32) for r in rows]) if rows else np.zeros((0, 0), dtype=np.float32))
+    return out

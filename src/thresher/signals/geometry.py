@@ -9,6 +9,9 @@ vectors, so a dot product is a cosine):
 - ``tfidf_silhouette``: THTB's silhouette of each query in a k-means clustering of
   TF-IDF query vectors.
 
+The k-means itself is :func:`thresher.signals.cluster.kmeans`, the package's one
+clustering implementation (``resolve_backend`` and ``first_seen_labels`` live there too).
+
 Memory stays linear in the pool: nearest neighbours come from faiss (or scikit-learn
 in row blocks), similarities to dev items and to cluster sums are taken in row blocks;
 no N x N matrix is ever built.
@@ -24,6 +27,7 @@ from pydantic import Field
 
 from thresher.data.pool import user_text
 from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
+from thresher.signals.cluster import first_seen_labels, kmeans, resolve_backend
 from thresher.signals.embed import (
     DEFAULT_ENCODER,
     Embedding,
@@ -46,45 +50,11 @@ def default_k(n: int) -> int:
     return max(1, round(math.sqrt(n / 2)))
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``faiss`` when faiss imports, else ``sklearn``; a named backend must be importable."""
-    if backend not in ("auto", "faiss", "sklearn"):
-        raise ValueError(f"backend must be 'auto', 'faiss' or 'sklearn', got {backend!r}")
-    if backend in ("auto", "faiss"):
-        try:
-            import faiss  # noqa: F401
-
-            return "faiss"
-        except ImportError:
-            if backend == "faiss":
-                raise ImportError("backend='faiss' needs faiss-cpu (pip install 'thresher[embed]' or pip install faiss-cpu)") from None
-    try:
-        import sklearn  # noqa: F401
-    except ImportError as e:
-        raise ImportError("clustering needs scikit-learn (pip install scikit-learn) or faiss-cpu") from e
-    return "sklearn"
-
-
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), float32 and C-contiguous."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
-
-
-def first_seen_labels(labels: np.ndarray) -> np.ndarray:
-    """Relabel clusters 0, 1, 2, ... in the order their first member appears in the pool.
-
-    Makes cluster ids independent of the backend's internal numbering; empty clusters
-    vanish, so ids run from 0 to (number of non-empty clusters - 1).
-    """
-    labels = np.asarray(labels)
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first, kind="stable")
-    remap = np.empty(len(first), dtype=np.int64)
-    remap[order] = np.arange(len(first))
-    _, inverse = np.unique(labels, return_inverse=True)
-    return remap[inverse]
 
 
 class EmbeddingInput(SignalParams):
@@ -103,30 +73,16 @@ def embedding_for(params: EmbeddingInput) -> Embedding:
 def kmeans_cluster(x: np.ndarray, k: int, *, seed: int = 0, backend: str = "auto", n_iter: int = 25) -> tuple[np.ndarray, np.ndarray, str]:
     """k-means on the rows of ``x``: (labels [N] int64, centroids [k, d] float32, backend used).
 
-    ``faiss``: ``faiss.Kmeans(d, k, niter=n_iter, seed=seed)`` on every point (no
-    subsampling), labels by nearest centroid (L2). ``sklearn``: ``KMeans(k, init=
-    "k-means++", n_init=1, max_iter=n_iter, random_state=seed)``. Each backend is
-    deterministic for a seed; the two give different (equally valid) partitions.
-    Labels are raw backend ids (see :func:`first_seen_labels`).
+    :func:`thresher.signals.cluster.kmeans` on float32 rows, every point trained on (no
+    subsampling), labels as the backend's fit gives them. ``faiss``: ``faiss.Kmeans(d, k,
+    niter=n_iter, seed=seed)``; ``sklearn``: ``KMeans(k, init="k-means++", n_init=1,
+    max_iter=n_iter, random_state=seed)``. Each backend is deterministic for a seed; the
+    two give different (equally valid) partitions. Labels are raw backend ids (see
+    :func:`first_seen_labels`).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"kmeans: k={k} must be between 1 and the number of examples ({n})")
-    used = resolve_backend(backend)
-    if used == "faiss":
-        import faiss
-
-        km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, verbose=False, spherical=False,
-                          max_points_per_centroid=max(1, n), min_points_per_centroid=1)
-        km.train(x)
-        _, idx = km.index.search(x, 1)
-        return idx[:, 0].astype(np.int64), np.asarray(km.centroids, dtype=np.float32), used
-    from sklearn.cluster import KMeans
-
-    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed)
-    labels = km.fit_predict(x)
-    return labels.astype(np.int64), km.cluster_centers_.astype(np.float32), used
+    res = kmeans(x, k, seed=seed, backend=backend, n_iter=n_iter)
+    return res.labels, np.asarray(res.centroids, dtype=np.float32), res.backend
 
 
 def cosine_to_centroid(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -411,13 +367,13 @@ def tfidf_silhouette(texts: list[str], k: int | None = None, seed: int = 0, max_
 
     Texts are lower-cased with punctuation and digits removed, turned into TF-IDF vectors
     (scikit-learn ``TfidfVectorizer(max_features=100)``, default word pattern, L2-normalised
-    rows), clustered by ``KMeans(k, n_init=1, random_state=seed)`` with k =
+    rows), clustered by scikit-learn's k-means (:func:`thresher.signals.cluster.kmeans`:
+    k-means++, one init, at most 300 iterations, ``random_state=seed``) with k =
     round(sqrt(n / 2)) by default (clamped to [2, n - 1]), and scored by the silhouette
     under cosine distance (:func:`silhouette_cosine_unit`). Needs at least 3 texts.
     When k-means finds fewer than 2 distinct clusters (all vectors equal) every s is 0.
     """
     try:
-        from sklearn.cluster import KMeans
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ImportError as e:
         raise ImportError("tfidf_silhouette needs scikit-learn (pip install scikit-learn)") from e
@@ -433,7 +389,7 @@ def tfidf_silhouette(texts: list[str], k: int | None = None, seed: int = 0, max_
         x = vec.fit_transform([tfidf_query_text(t) for t in texts]).astype(np.float64).tocsr()
     except ValueError as e:  # every text empty after preprocessing
         raise ValueError(f"tfidf_silhouette: no words left after lower-casing and removing punctuation and digits ({e})") from None
-    labels = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit_predict(x)
+    labels = kmeans(x, k, seed=seed, backend="sklearn", n_iter=300).labels  # scikit-learn's default max_iter
     s = silhouette_cosine_unit(x, labels)
     return (s, labels) if return_labels else s
 

@@ -18,7 +18,7 @@ from thresher.signals.base import Signal, SignalParams, register_signal
 
 
 class TextParams(SignalParams):
-    model: str = Field("auto", description="whose tokenizer counts tokens: auto (micro on the arith testbed, small on any other pool), micro, small, hub id or path")
+    model: str = Field("micro", description="whose tokenizer counts tokens: micro, small, hub id or path, or auto (micro on the arith testbed, small on any other pool: what a selector's default scorer passes)")
 
 
 @register_signal

@@ -80,6 +80,12 @@ def extract_exact(text: str) -> str | None:
     return t or None
 
 
+#: the oracle metrics a task may choose (its ``metric``): ``accuracy`` (greedy generation,
+#: extracted answer vs gold) or ``loglik`` (gold-answer log-likelihood: the mean
+#: log-probability per answer content token of the reference solution, ``TaskItem.target``
+#: else ``answer``, under the chat template; one batched forward pass, no generation)
+METRICS = ("accuracy", "loglik")
+
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "answer_is": extract_answer_is,
     "gsm8k": extract_gsm8k,
@@ -112,6 +118,14 @@ class DevTask:
     prompt: PromptFormat = field(default_factory=PromptFormat)
     extractor: str = "answer_is"
     max_new_tokens: int = 48
+    #: the oracle's score (:data:`METRICS`): ``accuracy`` or ``loglik``
+    metric: str = "accuracy"
+    #: also compute the other metric (for ``loglik``: accuracy needs generation, so only on request;
+    #: both land in the oracle's result and :class:`~thresher.oracle.core.Score`)
+    both_metrics: bool = False
+
+    def __post_init__(self):
+        check_metric(self.metric, self.both_metrics)
 
     @property
     def domains(self) -> list[str]:
@@ -135,6 +149,12 @@ class DevTask:
         """The item as a solved example (question + gold worked response)."""
         return self.messages(item) + [{"role": "assistant", "content": item.target or item.answer}]
 
+    def metric_tag(self) -> str | None:
+        """What the oracle's cache key adds for the metric (None for plain accuracy: old keys stay valid)."""
+        if self.metric == "accuracy" and not self.both_metrics:
+            return None
+        return f"{self.metric}{'+both' if self.both_metrics else ''}"
+
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([self.name, self.extractor, self.prompt.system, self.prompt.user_template, self.max_new_tokens]).encode())
@@ -147,8 +167,10 @@ class Task(DevTask):
     """A full task: a :class:`DevTask` plus a sealed test split."""
 
     def __init__(self, name: str, dev: Sequence[TaskItem], test: Sequence[TaskItem], prompt: PromptFormat | None = None,
-                 extractor: str = "answer_is", max_new_tokens: int = 48, description: str = ""):
-        super().__init__(name=name, dev=list(dev), prompt=prompt or PromptFormat(), extractor=extractor, max_new_tokens=max_new_tokens)
+                 extractor: str = "answer_is", max_new_tokens: int = 48, description: str = "", metric: str = "accuracy",
+                 both_metrics: bool = False):
+        super().__init__(name=name, dev=list(dev), prompt=prompt or PromptFormat(), extractor=extractor, max_new_tokens=max_new_tokens,
+                         metric=metric, both_metrics=both_metrics)
         if extractor not in EXTRACTORS:
             raise ValueError(f"unknown extractor {extractor!r}; known: {sorted(EXTRACTORS)}")
         self._test = list(test)
@@ -160,7 +182,19 @@ class Task(DevTask):
 
     def dev_view(self) -> DevTask:
         """The dev-only view handed to selectors and searches."""
-        return DevTask(name=self.name, dev=self.dev, prompt=self.prompt, extractor=self.extractor, max_new_tokens=self.max_new_tokens)
+        return DevTask(name=self.name, dev=self.dev, prompt=self.prompt, extractor=self.extractor, max_new_tokens=self.max_new_tokens,
+                       metric=self.metric, both_metrics=self.both_metrics)
+
+    def with_metric(self, metric: str | None = None, both_metrics: bool | None = None) -> "Task":
+        """This task scored with another metric (same items)."""
+        return self.with_dev(self.dev, metric=metric, both_metrics=both_metrics)
+
+    def with_dev(self, dev: Sequence[TaskItem], metric: str | None = None, both_metrics: bool | None = None) -> "Task":
+        """A copy with another dev split (e.g. a cheaper inner oracle's subset of it), same test split."""
+        t = Task(self.name, dev, self._test, prompt=self.prompt, extractor=self.extractor, max_new_tokens=self.max_new_tokens,
+                 description=self.description, metric=self.metric if metric is None else metric,
+                 both_metrics=self.both_metrics if both_metrics is None else both_metrics)
+        return t
 
     @property
     def test_size(self) -> int:
@@ -173,6 +207,13 @@ class Task(DevTask):
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, dev={len(self.dev)}, test={len(self._test)}, domains={self.domains})"
+
+
+def check_metric(metric, both_metrics=False) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown task metric {metric!r}; known: {list(METRICS)}")
+    if not isinstance(both_metrics, bool):
+        raise ValueError(f"both_metrics must be true or false, got {both_metrics!r}")
 
 
 # --------------------------------------------------------------------------- hidden defect labels (testbeds)

@@ -16,6 +16,8 @@ domain::
     system: "You are a careful solver."   # optional
     user_template: "Question: {question}\\nAnswer:"   # optional, must contain {question}
     max_new_tokens: 64
+    metric: loglik                 # optional: accuracy (default) or loglik (gold-answer log-likelihood)
+    both_metrics: false            # optional: also compute the other metric
     description: optional free text
 
 The file is read with ``yaml.safe_load``. A missing or invalid key raises
@@ -31,7 +33,7 @@ from typing import Any
 
 from thresher.data.pool import PoolFormatError, _iter_jsonl
 from thresher.errors import ConfigError, DataFormatError
-from thresher.tasks.base import EXTRACTORS, PromptFormat, Task, TaskItem
+from thresher.tasks.base import EXTRACTORS, METRICS, PromptFormat, Task, TaskItem
 
 __all__ = [
     "TaskConfigError",
@@ -55,6 +57,8 @@ CUSTOM_TASK_KEYS: dict[str, Any] = {
     "system": None,
     "user_template": "{question}",
     "max_new_tokens": 48,
+    "metric": "accuracy",
+    "both_metrics": False,
     "description": "",
 }
 
@@ -144,6 +148,14 @@ def _validate(cfg: dict, src) -> dict:
     if isinstance(mnt, bool) or not isinstance(mnt, int) or mnt <= 0:
         raise TaskConfigError(src, "max_new_tokens", f"expected a positive integer, got {mnt!r}")
     out["max_new_tokens"] = mnt
+    metric = cfg.get("metric", CUSTOM_TASK_KEYS["metric"])
+    if metric not in METRICS:
+        raise TaskConfigError(src, "metric", f"unknown metric {metric!r}; known: {list(METRICS)}")
+    out["metric"] = metric
+    both = cfg.get("both_metrics", False)
+    if not isinstance(both, bool):
+        raise TaskConfigError(src, "both_metrics", f"expected true or false, got {both!r}")
+    out["both_metrics"] = both
     return out
 
 
@@ -223,6 +235,7 @@ def load_custom_task(path: str | os.PathLike, **overrides) -> Task:
             c["name"], splits["dev"], splits["test"],
             prompt=PromptFormat(system=c["system"], user_template=c["user_template"]),
             extractor=c["extractor"], max_new_tokens=c["max_new_tokens"], description=c["description"],
+            metric=c["metric"], both_metrics=c["both_metrics"],
         )
     except ValueError as e:  # e.g. a test question that also appears in dev
         raise TaskConfigError(src, "test", str(e)) from None

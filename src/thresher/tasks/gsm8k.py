@@ -162,8 +162,14 @@ def gsm8k_dev_indices(n_train: int, dev_size: int = 200, seed: int = 0) -> list[
 
 def gsm8k_task(path: str | os.PathLike | None = None, *, hub: str | None = None, hub_config: str = "main",
                dev_size: int = 200, test_size: int | None = None, seed: int = 0, system: str | None = None,
-               user_template: str = "{question}", max_new_tokens: int = 256) -> Task:
-    """The GSM8K task: dev carved (seeded) from train, test = the official test split."""
+               user_template: str = "{question}", max_new_tokens: int = 256, metric: str = "accuracy",
+               both_metrics: bool = False) -> Task:
+    """The GSM8K task: dev carved (seeded) from train, test = the official test split.
+
+    ``metric``: ``accuracy`` (generation, ``#### N`` extraction) or ``loglik`` (the mean
+    log-probability per token of the gold worked solution; moves on a 135M model, where
+    generation accuracy sits near 0); ``both_metrics`` also computes the other one.
+    """
     train = load_gsm8k_split("train", path, hub, hub_config)
     test = load_gsm8k_split("test", path, hub, hub_config)
     dev = [train[i].item() for i in gsm8k_dev_indices(len(train), dev_size, seed)]
@@ -175,7 +181,7 @@ def gsm8k_task(path: str | os.PathLike | None = None, *, hub: str | None = None,
         test_items = [test_items[i] for i in sorted(rng.sample(range(len(test_items)), test_size))]
     return Task(
         "gsm8k", dev, test_items, prompt=PromptFormat(system=system, user_template=user_template),
-        extractor="gsm8k", max_new_tokens=max_new_tokens,
+        extractor="gsm8k", max_new_tokens=max_new_tokens, metric=metric, both_metrics=both_metrics,
         description="GSM8K grade-school math; dev carved from train, test is the official test split.",
     )
 

@@ -69,7 +69,6 @@ import math
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -95,6 +94,7 @@ from thresher.select.autoselection.recipe import (
     Union,
     pool_reference,
 )
+from thresher.select.bayesopt import fit_gp, gp_predict
 
 TRACE_VERSION = 1
 #: operators that the random generators and the motif never draw as "filters"
@@ -301,32 +301,19 @@ class Surrogate:
         self.gp = None
 
     def fit_predict(self, x_seen: np.ndarray, y_seen: np.ndarray, x_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fit on (x_seen, y_seen), predict mean and std at x_new (features scaled jointly)."""
-        try:
-            from sklearn.exceptions import ConvergenceWarning
-            from sklearn.gaussian_process import GaussianProcessRegressor
-            from sklearn.gaussian_process.kernels import (
-                ConstantKernel,
-                Matern,
-                WhiteKernel,
-            )
-        except ImportError as e:  # pragma: no cover - scikit-learn is a core dependency
-            raise ImportError("AutoSelection's surrogate needs scikit-learn: pip install scikit-learn") from e
+        """Fit on (x_seen, y_seen), predict mean and std at x_new (features scaled jointly).
+
+        The GP is :func:`thresher.select.bayesopt.fit_gp` with one shared Matern 5/2 length
+        scale starting at sqrt(d) / 2 (bounds 1e-2..1e3) and white noise starting at 1e-2;
+        BLAS threads are left as they are."""
         x_seen = np.asarray(x_seen, dtype=np.float64)
         x_new = np.asarray(x_new, dtype=np.float64)
         both = scale_columns(np.vstack([x_seen, x_new]))
         xs, xn = both[: len(x_seen)], both[len(x_seen):]
         d = xs.shape[1]
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(length_scale=math.sqrt(d) / 2, length_scale_bounds=(1e-2, 1e3), nu=2.5)
-                  + WhiteKernel(1e-2, (1e-6, 1.0)))
-        self.gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=self.restarts,
-                                           random_state=self.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.gp.fit(xs, np.asarray(y_seen, dtype=np.float64))
-            mu, sd = self.gp.predict(xn, return_std=True)
-        return np.asarray(mu, dtype=np.float64), np.asarray(sd, dtype=np.float64)
+        self.gp = fit_gp(xs, np.asarray(y_seen, dtype=np.float64), seed=self.seed, nu=2.5, length_scale=math.sqrt(d) / 2,
+                         ard=False, length_scale_bounds=(1e-2, 1e3), noise=1e-2, restarts=self.restarts, one_blas_thread=False)
+        return gp_predict(self.gp, xn, one_blas_thread=False)
 
 
 def ucb_order(mu: np.ndarray, sigma: np.ndarray, beta: float) -> np.ndarray:

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from thresher.progress import progress
-from thresher.signals.geometry import resolve_backend
+from thresher.signals.cluster import ASSIGN_BLOCK, kmeans, resolve_backend
 
-ASSIGN_BLOCK = 65536
 # below this many distance evaluations x dims per k-means iteration, faiss runs single-threaded:
 # OpenMP start-up and spinning cost far more than the work on small nodes (25x on a busy 2-core box)
 PARALLEL_WORK = 50_000_000
@@ -155,72 +154,19 @@ def _backend(name: str) -> str:
     return resolve_backend(name)
 
 
-def _nearest(x: np.ndarray, cents: np.ndarray, backend: str) -> np.ndarray:
-    """Index of the nearest centroid (L2) of every row, in row blocks."""
-    out = np.empty(x.shape[0], dtype=np.int64)
-    if backend == "faiss":
-        import faiss
-
-        index = faiss.IndexFlatL2(cents.shape[1])
-        index.add(np.ascontiguousarray(cents, dtype=np.float32))
-        for s in range(0, x.shape[0], ASSIGN_BLOCK):
-            _, i = index.search(np.ascontiguousarray(x[s:s + ASSIGN_BLOCK], dtype=np.float32), 1)
-            out[s:s + ASSIGN_BLOCK] = i[:, 0]
-        return out
-    c = cents.astype(np.float64)
-    cn = (c * c).sum(axis=1)
-    for s in range(0, x.shape[0], ASSIGN_BLOCK):
-        xb = x[s:s + ASSIGN_BLOCK].astype(np.float64)
-        out[s:s + ASSIGN_BLOCK] = np.argmin(cn[None, :] - 2.0 * xb @ c.T, axis=1)
-    return out
-
-
 def kmeans_labels(x: np.ndarray, k: int, *, seed: int, n_iter: int, train_points_per_centroid: int, backend: str) -> np.ndarray:
     """k-means labels of the rows of ``x`` (compacted to 0..k'-1, empty clusters removed).
 
-    Trains on at most ``train_points_per_centroid * k`` rows (a seeded subsample) and assigns
-    every row to its nearest centroid in blocks, so the cost is linear in the rows.
+    :func:`thresher.signals.cluster.kmeans` trained on at most ``train_points_per_centroid * k``
+    rows (a seeded subsample), every row assigned to its nearest centroid in blocks, so the
+    cost is linear in the rows; small inputs run faiss single-threaded (``PARALLEL_WORK``).
     """
     n = x.shape[0]
     k = min(k, n)
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
-    cap = train_points_per_centroid * k
-    if backend == "faiss":
-        import faiss
-
-        threads = faiss.omp_get_max_threads()
-        if min(n, cap) * k * x.shape[1] < PARALLEL_WORK:
-            faiss.omp_set_num_threads(1)
-        try:
-            return _faiss_kmeans(x, k, seed=seed, n_iter=n_iter, train_points_per_centroid=train_points_per_centroid)
-        finally:
-            faiss.omp_set_num_threads(threads)
-    from sklearn.cluster import KMeans
-
-    train = x if n <= cap else x[np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))]
-    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed).fit(train)
-    return _compact(_nearest(x, km.cluster_centers_.astype(np.float32), "sklearn"))
-
-
-def _compact(labels: np.ndarray) -> np.ndarray:
-    _, compact = np.unique(labels, return_inverse=True)
-    return compact.astype(np.int64)
-
-
-def _faiss_kmeans(x: np.ndarray, k: int, *, seed: int, n_iter: int, train_points_per_centroid: int) -> np.ndarray:
-    import faiss
-
-    n = x.shape[0]
-    cap = train_points_per_centroid * k
-    km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, verbose=False, spherical=False,
-                      max_points_per_centroid=train_points_per_centroid, min_points_per_centroid=1)
-    if n > cap:  # subsample ourselves (seeded) so only cap rows are copied
-        sub = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
-        km.train(np.ascontiguousarray(x[sub], dtype=np.float32))
-    else:
-        km.train(np.ascontiguousarray(x, dtype=np.float32))
-    return _compact(_nearest(x, np.asarray(km.centroids, dtype=np.float32), "faiss"))
+    return kmeans(x, k, seed=seed, backend=backend, n_iter=n_iter, train_points_per_centroid=train_points_per_centroid,
+                  assign="nearest", relabel="compact", parallel_work=PARALLEL_WORK).labels
 
 
 def _means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

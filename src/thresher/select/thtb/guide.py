@@ -10,7 +10,8 @@ returns a JSON-able profile over the whole pool:
 
 - ``bloom``: the level mix (count and share per level, Remember .. Create), the share of
   higher-order levels (Analyze, Evaluate, Create) and the mean Bloom term;
-- ``ic``: quantiles of interdisciplinary complexity, the distribution of the number of
+- ``ic``: quantiles of interdisciplinary complexity (from the stored ``judge_disciplines``
+  and ``discipline_embeddings`` signals), the distribution of the number of
   disciplines per query and the most frequent disciplines when a judge listed them;
   otherwise ``{"available": false, "reason": ...}`` (never estimated without one);
 - ``ihs`` and ``ehs`` (with ``irei`` and ``sc_norm``) quantiles, ``quality`` quantiles
@@ -49,7 +50,6 @@ from thresher.select.thtb.selector import (
     interdisciplinary_complexity,
     irei_paper,
     irei_reference,
-    parse_disciplines_json,
     quantiles,
     sc_norm,
 )
@@ -93,7 +93,7 @@ def thtb_guide(pool, store=None, *, bloom: Literal["heuristic", "judge"] = "heur
                        bloom_text=bloom_text, sc_scope="pool", sc_k=sc_k, sc_seed=sc_seed, scorer=scorer)
     needed = [sel.bloom_signal(), sel.irei_signal(), sel.pool_silhouette_signal()]
     if ic == "judge":
-        needed.append(sel.disciplines_signal())
+        needed += [sel.disciplines_signal(), sel.discipline_embeddings_signal()]
     if quality:
         needed.append(sel.quality_source().signal)
     if compute_missing:
@@ -121,12 +121,8 @@ def thtb_guide(pool, store=None, *, bloom: Literal["heuristic", "judge"] = "heur
     # --- IC
     ic_values = None
     if ic == "judge":
-        cols = view.signal(sel.disciplines_signal())
-        failed = np.asarray(cols["disciplines_judge_failed"], dtype=bool)
-        raw = [str(x) for x in np.asarray(cols["disciplines_json"], dtype=object)]
-        ids = pool.ids
-        lists = [None if f else parse_disciplines_json(t, f"example {ids[i]!r}") for i, (f, t) in enumerate(zip(failed, raw))]
-        ic_values, n_disc, dists, info = interdisciplinary_complexity(lists, formula, embed_model)
+        lists, vectors, failed = sel.discipline_inputs(pool, view, positions)
+        ic_values, n_disc, dists, info = interdisciplinary_complexity(lists, vectors, formula)
         names = Counter(canonical_subject(it["name"]) for items in lists if items for it in items)
         ok = ~np.isnan(n_disc)
         per_query = Counter(int(c) for c in n_disc[ok])

@@ -16,10 +16,11 @@ Each stage ranks what the previous stage kept and keeps a fraction of it; the de
      ``(level - 1) / 5``); paper: the level 1..6 min-max normalised within the stage.
    - IC (interdisciplinary complexity) from the judge's discipline list
      (``judge_disciplines``): ``minmax(#disciplines) + mean pairwise cosine distance`` of
-     the disciplines' description embeddings (0 with fewer than 2). Paper form: the
+     the disciplines' description embeddings (0 with fewer than 2), read from the stored
+     ``discipline_embeddings`` signal (the selector never runs the encoder). Paper form: the
      example's own descriptions, a constant count column min-maxes to 0. Reference form:
      subject names canonicalised (lower case, spaces -> ``_``), one description per
-     subject (its first in pool order within the stage), a constant count min-maxes to
+     subject (its first in the stage's input order), a constant count min-maxes to
      0.5 and ``IC`` is rounded to 2 decimals when there are 2+ subjects.
    - Without a judge (``ic="none"``) IC is **unavailable**: IHS is the Bloom term alone
      and the diagnostics say so. Nothing stands in for it.
@@ -65,7 +66,6 @@ ids each stage kept, in rank order).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -75,13 +75,12 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from thresher.data.io import atomic_write, atomic_write_text
-from thresher.data.paths import cache_root
 from thresher.data.pool import assistant_text, user_text
 from thresher.select.base import Selector, register_selector
 from thresher.select.baselines import ScorerParams
 from thresher.select.quality import quality_source
 from thresher.signals.base import Signal, make_signal
-from thresher.signals.embed import encode_texts, encoder_identity, load_encoder
+from thresher.signals.embed import discipline_lists, discipline_vectors
 from thresher.signals.geometry import tfidf_silhouette
 from thresher.signals.heuristics import BLOOM_LEVEL_NAMES
 from thresher.signals.judge import DisciplinesParams
@@ -273,100 +272,60 @@ def canonical_subject(name: str) -> str:
     return name.strip().lower().replace(" ", "_")
 
 
-def parse_disciplines_json(text: str, where: str) -> list[dict[str, str]]:
-    """The validated discipline list stored by ``judge_disciplines`` ('' for a failure -> [])."""
-    if not text:
-        return []
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: disciplines_json is not valid JSON ({e.msg})") from None
-    if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i and "description" in i for i in items):
-        raise ValueError(f"{where}: disciplines_json must be a list of {{name, description}} objects")
-    return items
-
-
-def embed_descriptions(texts: list[str], encoder: str = "minilm") -> tuple[np.ndarray, bool]:
-    """Unit vectors of ``texts`` from the sentence encoder, cached on disk by content.
-
-    The cache file is keyed by the encoder identity and the sorted set of unique texts
-    (``<THRESHER_CACHE>/thtb/ic_embeddings/<key>.npz``, arrays only, read with
-    ``allow_pickle=False``), so the same selection run again reads its vectors back.
-    Returns (vectors in the order of ``texts``, whether the cache was hit).
-    """
-
-    if not texts:
-        return np.zeros((0, 0), dtype=np.float32), False
-    unique = sorted(set(texts))
-    ident = encoder_identity(encoder)
-    key = hashlib.sha256(json.dumps([ident, unique]).encode()).hexdigest()[:24]
-    hashes = np.array([hashlib.sha256(t.encode()).hexdigest() for t in unique])
-    folder = cache_root() / "thtb" / "ic_embeddings"
-    path = folder / f"{key}.npz"
-    vectors = None
-    hit = False
-    if path.exists():
-        with np.load(path, allow_pickle=False) as d:
-            if d["text_sha256"].shape == hashes.shape and (d["text_sha256"] == hashes).all():
-                vectors = np.asarray(d["vectors"], dtype=np.float32)
-                hit = True
-    if vectors is None:
-        vectors, _ = encode_texts(load_encoder(encoder), unique, normalize=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: np.savez(tmp, text_sha256=hashes, vectors=vectors), suffix=".npz")
-    index = {t: i for i, t in enumerate(unique)}
-    return vectors[[index[t] for t in texts]], hit
-
-
-def interdisciplinary_complexity(lists: list[list[dict[str, str]] | None], formula: str = "reference",
-                                 encoder: str = "minilm") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def interdisciplinary_complexity(lists: list[list[dict[str, str]] | None], vectors: list[np.ndarray | None],
+                                 formula: str = "reference") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(IC, discipline counts, mean pairwise distances, info) for a stage's examples.
 
     ``lists[i]`` is example i's discipline list, or None when its judge reply failed
-    (IC NaN). ``paper``: the example's own descriptions are embedded. ``reference``:
-    names are canonicalised (:func:`canonical_subject`, duplicates merged) and every
-    subject is embedded once, with the first description it has in ``lists`` order.
+    (IC NaN); ``vectors[i]`` the unit vectors of its descriptions, one row per item of
+    ``lists[i]`` (the stored ``discipline_embeddings`` signal). ``paper``: the example's
+    own descriptions. ``reference``: names are canonicalised (:func:`canonical_subject`,
+    duplicates merged) and every subject stands for the first description it has in
+    ``lists`` order.
     """
     if formula not in ("reference", "paper"):
         raise ValueError(f"ic: formula must be 'reference' or 'paper', got {formula!r}")
+    if len(vectors) != len(lists):
+        raise ValueError(f"ic: {len(vectors)} vector lists for {len(lists)} examples")
     n = len(lists)
     counts = np.full(n, np.nan)
     dists = np.full(n, np.nan)
+    for i, items in enumerate(lists):
+        if items is not None and (vectors[i] is None or len(vectors[i]) != len(items)):
+            got = 0 if vectors[i] is None else len(vectors[i])
+            raise ValueError(f"ic: example {i} lists {len(items)} disciplines but has {got} description vectors")
     if formula == "reference":
         first_desc: dict[str, str] = {}
+        first_vec: dict[str, np.ndarray] = {}
         subjects: list[list[str] | None] = []
-        for items in lists:
+        for items, vecs in zip(lists, vectors):
             if items is None:
                 subjects.append(None)
                 continue
             names: list[str] = []
-            for it in items:
+            for it, v in zip(items, vecs):
                 key = canonical_subject(it["name"])
                 if key not in names:
                     names.append(key)
-                first_desc.setdefault(key, it["description"])
+                if key not in first_desc:
+                    first_desc[key], first_vec[key] = it["description"], v
             subjects.append(names)
-        order = sorted(first_desc)
-        vecs, hit = embed_descriptions([first_desc[s] for s in order], encoder) if order else (np.zeros((0, 0)), False)
-        row = {s: i for i, s in enumerate(order)}
         for i, names in enumerate(subjects):
             if names is None:
                 continue
             counts[i] = len(names)
-            dists[i] = mean_pairwise_cosine_distance(vecs[[row[s] for s in names]]) if len(names) > 1 else 0.0
-        info = {"descriptions_embedded": len(order), "embedding_cache_hit": hit, "subjects": len(order)}
+            dists[i] = mean_pairwise_cosine_distance(np.stack([first_vec[s] for s in names])) if len(names) > 1 else 0.0
+        info = {"descriptions_embedded": len(first_desc), "subjects": len(first_desc)}
     else:
-        texts = [it["description"] for items in lists if items is not None for it in items]
-        vecs, hit = embed_descriptions(texts, encoder) if texts else (np.zeros((0, 0)), False)
-        pos = 0
+        texts = set()
         for i, items in enumerate(lists):
             if items is None:
                 continue
             m = len(items)
             counts[i] = m
-            dists[i] = mean_pairwise_cosine_distance(vecs[pos:pos + m]) if m > 1 else 0.0
-            pos += m
-        info = {"descriptions_embedded": len(set(texts)), "embedding_cache_hit": hit}
+            dists[i] = mean_pairwise_cosine_distance(vectors[i]) if m > 1 else 0.0
+            texts.update(it["description"] for it in items)
+        info = {"descriptions_embedded": len(texts)}
     return ic_scores(counts, dists, formula), counts, dists, info
 
 
@@ -384,7 +343,7 @@ class THTBParams(ScorerParams):
     judge_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint for the judge signals")
     judge_model: str = Field("small", description="model name sent to the judge endpoint")
     judge_params: dict = Field(default_factory=dict, description="other judge signal params (max_tokens, concurrency, cache_dir, ...)")
-    embed_model: str = Field("minilm", description="sentence encoder for the discipline descriptions (IC)")
+    embed_model: str = Field("minilm", description="sentence encoder of the stored discipline_embeddings signal (IC)")
     sc_scope: Literal["stage", "pool"] = Field("stage", description="silhouette over the stage's own queries (reference) or the stored pool-wide tfidf_silhouette")
     sc_k: int | None = Field(None, ge=2, description="k-means clusters for the silhouette (default round(sqrt(n/2)))")
     sc_k_basis: Literal["stage", "pool"] = Field("stage", description="n in the default k: the stage's query count or the pool size")
@@ -468,6 +427,21 @@ class THTBSelector(Selector):
     def disciplines_signal(self) -> Signal:
         return make_signal("judge_disciplines", **self._judge_kw())
 
+    def discipline_embeddings_signal(self) -> Signal:
+        """The stored description vectors (of the same judge's disciplines) that IC compares."""
+        return make_signal("discipline_embeddings", embed_model=self.params.embed_model, **self._judge_kw())
+
+    def discipline_inputs(self, pool, signals, positions) -> tuple[list, list, np.ndarray]:
+        """(discipline lists, description vectors, judge-failed flags) of the examples at pool ``positions``."""
+        cols = signals.signal(self.disciplines_signal())
+        failed = np.asarray(cols["disciplines_judge_failed"], dtype=bool)[positions]
+        ids = pool.ids
+        lists = discipline_lists({"disciplines_judge_failed": failed,
+                                  "disciplines_json": np.asarray(cols["disciplines_json"], dtype=object)[positions]},
+                                 [ids[int(p)] for p in positions])
+        stored = np.asarray(signals.signal(self.discipline_embeddings_signal())["discipline_vectors"], dtype=object)
+        return lists, discipline_vectors(stored[positions]), failed
+
     def irei_signal(self) -> Signal:
         return make_signal("irei")
 
@@ -477,7 +451,7 @@ class THTBSelector(Selector):
     def required_signals(self) -> list[Signal]:
         sigs = [self.quality_source().signal, self.bloom_signal(), self.irei_signal()]
         if self.params.ic == "judge":
-            sigs.append(self.disciplines_signal())
+            sigs += [self.disciplines_signal(), self.discipline_embeddings_signal()]
         if self.params.sc_scope == "pool":
             sigs.append(self.pool_silhouette_signal())
         return sigs
@@ -522,12 +496,8 @@ class THTBSelector(Selector):
         if self.params.ic == "none":
             return None, {}, {"ic_available": False,
                               "ic_reason": "no judge configured (ic='none'): IC is unavailable, IHS = Bloom term alone"}
-        cols = signals.signal(self.disciplines_signal())
-        failed = np.asarray(cols["disciplines_judge_failed"], dtype=bool)[positions]
-        raw = [str(x) for x in np.asarray(cols["disciplines_json"], dtype=object)[positions]]
-        ids = pool.ids
-        lists = [None if f else parse_disciplines_json(t, f"example {ids[p]!r}") for f, t, p in zip(failed, raw, positions)]
-        ic, counts, dists, info = interdisciplinary_complexity(lists, self.params.formula, self.params.embed_model)
+        lists, vectors, failed = self.discipline_inputs(pool, signals, positions)
+        ic, counts, dists, info = interdisciplinary_complexity(lists, vectors, self.params.formula)
         notes = {"ic_available": True, "ic_judge_failed": int(failed.sum()), "ic_formula": self.params.formula, **info}
         return ic, {"n_disciplines": counts, "discipline_distance": dists, "ic": ic}, notes
 

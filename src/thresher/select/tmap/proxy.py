@@ -34,6 +34,20 @@ random numbers), so two subsets differ in what sits at those positions, not in l
 System turns of pool examples are left out of demonstrations (counted); when a prompt
 would exceed ``max_length`` tokens its earliest demonstrations are dropped (counted).
 
+**Shared prefix (``share_prefix=True``, the default; ``loglik`` only).** Prompts whose
+system turn and demonstrations are the same (every anchor of a draw with
+``sharing="shared"``) start with the same tokens. That prefix goes through the model once
+(``use_cache=True``); its key/value cache is expanded along the batch and only each
+anchor's own tokens (question + gold answer, right-padded, positions continuing after the
+prefix) are run on top of it. The statistics are the same CE sums over the same answer
+tokens, so values equal the per-prompt path's up to float noise (1e-4 tested), and the
+proxy's identity (cache key) does not change. The prefix is tokenised on its own and must
+be token-for-token the first tokens of every full prompt; an anchor where the template's
+tokenisation merges across the boundary (or whose prefix is shared by no other prompt)
+takes the per-prompt path and is counted (``ProxyScore.extra``). With the default
+``sharing="per_question"`` each prompt has its own demonstrations and nothing but the
+system turn is shared, so prompts there go the per-prompt way.
+
 Every proxy call goes into the cost ledger (``kind="proxy"``); a repeated subset is
 answered from memory and recorded as cached.
 """
@@ -52,9 +66,9 @@ from thresher.models.evaluate import evaluate, generate
 from thresher.models.load import load_model
 from thresher.oracle.core import ids_digest
 from thresher.progress import progress
+from thresher.signals.cluster import kmeans
 from thresher.signals.embed import encode_texts, load_encoder
-from thresher.signals.geometry import first_seen_labels
-from thresher.signals.lm import batched_answer_stats
+from thresher.signals.lm import _block_stats, _head_parts, _head_stats, batched_answer_stats
 from thresher.tasks.base import DevTask, TaskItem
 
 ProxyMetric = Literal["loglik", "accuracy"]
@@ -116,8 +130,9 @@ def medoids(features: np.ndarray, labels: np.ndarray, metric: str = "euclidean")
 
 
 def anchor_points(features: np.ndarray, k: int, *, seed: int = 0, metric: str = "euclidean", by: str = "embedding") -> Anchors:
-    """Cluster the rows of ``features`` into ``k`` groups (k-means, 10 seeded restarts) and
-    return each cluster's medoid weighted by the cluster's size / n.
+    """Cluster the rows of ``features`` into ``k`` groups (scikit-learn k-means through
+    :func:`thresher.signals.cluster.kmeans`, 10 seeded restarts, cluster ids by first
+    appearance) and return each cluster's medoid weighted by the cluster's size / n.
 
     With ``k >= n`` every item is its own anchor. Identical rows can make some of the ``k``
     clusters coincide; the effective number of anchors is then smaller (``len(anchors)``
@@ -134,16 +149,8 @@ def anchor_points(features: np.ndarray, k: int, *, seed: int = 0, metric: str = 
         X = X / np.where(norms > 0, norms, 1.0)
     if k >= n:
         labels = np.arange(n)
-    else:
-        import warnings
-
-        from sklearn.cluster import KMeans
-        from sklearn.exceptions import ConvergenceWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
-        labels = first_seen_labels(labels)
+    else:  # scikit-learn's defaults: k-means++, at most 300 iterations; float64 kept
+        labels = kmeans(X, k, seed=seed, backend="sklearn", n_iter=300, n_init=10, relabel="first_seen", quiet=True).labels
     pos = medoids(X, labels, metric=metric)
     sizes = np.bincount(labels, minlength=len(pos))
     return Anchors(positions=pos, weights=[float(s) / n for s in sizes], labels=[int(v) for v in labels], by=by, requested=k)
@@ -255,7 +262,7 @@ class ICLProxy:
     def __init__(self, task: DevTask, anchors: Anchors, *, model: str = "small", metric: ProxyMetric = "loglik",
                  demos: int = 4, draws: int = 2, sharing: DemoSharing = "per_question", gold: Literal["target", "answer"] = "target",
                  seed: int = 0, token_budget: int = 4096, max_length: int = 2048, gen_batch_size: int = 16,
-                 ledger: CostLedger | None = None, show_progress: bool = True, loaded=None):
+                 ledger: CostLedger | None = None, show_progress: bool = True, loaded=None, share_prefix: bool = True):
         if metric not in ("loglik", "accuracy"):
             raise ValueError(f"proxy metric must be 'loglik' or 'accuracy', got {metric!r}")
         if sharing not in ("per_question", "shared"):
@@ -279,6 +286,8 @@ class ICLProxy:
         self.gen_batch_size = gen_batch_size
         self.ledger = ledger if ledger is not None else CostLedger()
         self.show_progress = show_progress
+        # values do not depend on it (float noise only): not part of identity()
+        self.share_prefix = share_prefix
         self._loaded = loaded
         if loaded is not None:
             loaded.model.eval()
@@ -334,7 +343,9 @@ class ICLProxy:
                 groups.append((d, j, [records[p] for p in pos[j]]))
         return groups
 
-    def _encode_loglik(self, demos: list[dict], item: TaskItem) -> tuple[list[int], list[bool], int, int]:
+    def _encode_loglik(self, demos: list[dict], item: TaskItem, with_messages: bool = False):
+        """(ids, answer mask, demos dropped for length, system turns dropped); with
+        ``with_messages`` also the prompt messages (without the gold turn)."""
         gold = (item.target or item.answer) if self.gold == "target" else item.answer
         tok = self.loaded.tokenizer
         dropped_len = 0
@@ -351,6 +362,8 @@ class ICLProxy:
         mask = enc.answer_mask
         if not any(mask[1:]):
             raise ValueError(f"proxy: no gold-answer tokens to score for anchor {item.id!r}")
+        if with_messages:
+            return enc.input_ids, mask, dropped_len, sys_dropped, msgs
         return enc.input_ids, mask, dropped_len, sys_dropped
 
     # --- scoring
@@ -382,7 +395,8 @@ class ICLProxy:
         sc = ProxyScore(value=self.anchors.weighted(per_anchor), metric=self.metric, per_anchor=[float(v) for v in per_anchor],
                         per_draw=[float(v) for v in per_draw], n_prompts=len(groups), tokens=int(tokens),
                         seconds=time.perf_counter() - t0, cached=False, key=key, subset_size=len(records),
-                        demos_dropped_for_length=dlen, system_turns_dropped=dsys)
+                        demos_dropped_for_length=dlen, system_turns_dropped=dsys,
+                        extra=dict(getattr(self, "_last_extra", {})) if self.metric == "loglik" else {})
         self._memo[key] = sc
         self.fresh_calls += 1
         self._record(sc, label)
@@ -395,17 +409,87 @@ class ICLProxy:
                                               "proxy": self.identity()}))
 
     def _loglik(self, groups):
-        seqs, dlen, dsys = [], 0, 0
+        seqs, prompts, dlen, dsys = [], [], 0, 0
         for _, j, demos in groups:
-            ids, mask, a, b = self._encode_loglik(demos, self.items[j])
+            ids, mask, a, b, msgs = self._encode_loglik(demos, self.items[j], with_messages=True)
             seqs.append((ids, mask))
+            prompts.append((j, msgs))
             dlen += a
             dsys += b
         tok = self.loaded.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        sums, counts = batched_answer_stats(self.loaded.model, seqs, pad, self.token_budget, full=False)
+        extra = {}
+        if self.share_prefix:
+            sums, counts, extra = self._shared_prefix_stats(seqs, prompts, pad)
+        else:
+            sums, counts = batched_answer_stats(self.loaded.model, seqs, pad, self.token_budget, full=False)
+            extra = {"forward_tokens": sum(len(s) for s, _ in seqs)}
         vals = -sums[:, 0] / np.maximum(counts, 1)
+        self._last_extra = extra
         return vals, sum(len(s) for s, _ in seqs), dlen, dsys
+
+    def prefix_messages(self, item: TaskItem, msgs: list[dict]) -> list[dict]:
+        """The shared part of a prompt: system turn + demonstrations (every turn before the
+        anchor's own question)."""
+        n_own = sum(1 for t in self.task.messages(item) if t["role"] != "system")
+        return msgs[: len(msgs) - n_own]
+
+    def prefix_ids(self, pre: list[dict]) -> list[int] | None:
+        """Token ids of prefix messages tokenised on their own (None for no messages)."""
+        if not pre:
+            return None
+        return list(encode_conversation(self.loaded.tokenizer, pre, turn_end=False).input_ids)
+
+    def plan_prefixes(self, seqs, prompts) -> tuple[dict[tuple, list[int]], list[int], dict]:
+        """Group prompts by shared prefix: ({prefix ids: prompt indices (2 or more)}, the
+        indices that take the per-prompt path, counts). A prompt's prefix must be exactly
+        its first tokens (``full_ids == prefix_ids + suffix_ids``) and contain no scored
+        target; otherwise it is a boundary fallback."""
+        cache: dict[tuple, list[int] | None] = {}
+        by_prefix: dict[tuple, list[int]] = {}
+        rest, boundary = [], 0
+        for i, ((ids, mask), (j, msgs)) in enumerate(zip(seqs, prompts)):
+            pre_msgs = self.prefix_messages(self.items[j], msgs)
+            key = repr(pre_msgs)
+            if key not in cache:
+                cache[key] = self.prefix_ids(pre_msgs)
+            pre = cache[key]
+            if pre is None:
+                rest.append(i)
+                continue
+            P = len(pre)
+            if not (P < len(ids) and ids[:P] == pre and not any(mask[: P + 1])):
+                boundary += 1
+                rest.append(i)
+                continue
+            by_prefix.setdefault(tuple(pre), []).append(i)
+        shared = {}
+        for pre, members in by_prefix.items():
+            if len(members) >= 2:
+                shared[pre] = members
+            else:
+                rest.extend(members)
+        counts = {"prefix_shared": sum(len(m) for m in shared.values()), "prefix_groups": len(shared),
+                  "prefix_boundary_fallback": boundary, "prefix_unshared": len(rest) - boundary}
+        return shared, sorted(rest), counts
+
+    def _shared_prefix_stats(self, seqs, prompts, pad: int):
+        n = len(seqs)
+        sums = np.zeros((n, 3), dtype=np.float64)
+        sums[:, 1:] = np.nan
+        counts = np.zeros(n, dtype=np.int64)
+        shared, rest, info = self.plan_prefixes(seqs, prompts)
+        fwd = 0
+        if rest:
+            s, c = batched_answer_stats(self.loaded.model, [seqs[i] for i in rest], pad, self.token_budget, full=False)
+            sums[rest], counts[rest] = s, c
+            fwd += sum(len(seqs[i][0]) for i in rest)
+        for pre, members in shared.items():
+            ce, cnt = prefix_answer_ce(self.loaded.model, list(pre), [seqs[i] for i in members], pad, self.token_budget)
+            sums[members, 0], counts[members] = ce, cnt
+            fwd += len(pre) + sum(len(seqs[i][0]) - len(pre) for i in members)
+        info["forward_tokens"] = int(fwd)
+        return sums, counts, info
 
     def _accuracy(self, groups):
         prompts, dsys = [], 0
@@ -420,6 +504,115 @@ class ICLProxy:
 
         prompt_tokens = sum(len(encode_prompt(lm.tokenizer, p)) for p in prompts)
         return vals, prompt_tokens + n_gen, 0, dsys
+
+
+def _cache_tensors(cache) -> list[tuple]:
+    """[(keys, values)] per layer of a past-key-values cache (DynamicCache or legacy tuples)."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56: DynamicCache.layers[i].keys / .values
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "to_legacy_cache"):
+        cache = cache.to_legacy_cache()
+    return [(k, v) for k, v, *_ in cache]
+
+
+def _cache_kwarg(net) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.x, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (older versions)."""
+    import inspect
+
+    try:
+        params = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out):
+    """The KV cache a forward pass returned (``cache`` or, in older versions, ``past_key_values``)."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    return out["cache"] if "cache" in keys else out["past_key_values"] if "past_key_values" in keys else out[1]
+
+
+def _expanded_cache(kv: list[tuple], batch: int, config):
+    """A fresh DynamicCache holding the prefix's keys / values for ``batch`` rows (views:
+    the first update concatenates into new tensors, so the prefix tensors stay intact)."""
+    from transformers import DynamicCache
+
+    data = [(k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:])) for k, v in kv]
+    try:
+        return DynamicCache(data, config=config)
+    except TypeError:  # older transformers
+        return DynamicCache.from_legacy_cache(tuple(data))
+
+
+def prefix_answer_ce(model, prefix: list[int], seqs: list[tuple[list[int], list[bool]]], pad_id: int,
+                     token_budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum CE, n targets) of the answer tokens of each ``(ids, mask)`` whose ids start with
+    ``prefix`` (and whose mask is False up to ``len(prefix)``): the prefix is run once with
+    ``use_cache=True``, then the suffixes in right-padded batches on the expanded cache,
+    positions continuing after the prefix. Same targets and CE as
+    :func:`thresher.signals.lm.batched_answer_stats` (``full=False``) on the whole sequences."""
+    import torch
+
+    P = len(prefix)
+    n = len(seqs)
+    sums = np.zeros(n, dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    parts = _head_parts(model)
+    device = next(model.parameters()).device
+    net = parts[0] if parts is not None else model
+    order = sorted(range(n), key=lambda i: len(seqs[i][0]))
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        S = len(seqs[i][0]) - P
+        big = max(cur_max, S)
+        # suffix tokens under the budget; the expanded cache (B x (P + S)) under 16x it
+        if cur and (big * (len(cur) + 1) > token_budget or (P + big) * (len(cur) + 1) > 16 * token_budget):
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, S)
+    if cur:
+        batches.append(cur)
+    with torch.inference_mode():
+        ckw = _cache_kwarg(net)
+        out = net(input_ids=torch.tensor([prefix], dtype=torch.long, device=device), use_cache=True)
+        kv = _cache_tensors(_output_cache(out))
+        del out
+        for b in batches:
+            S = max(len(seqs[i][0]) - P for i in b)
+            B = len(b)
+            ids = torch.full((B, S), pad_id, dtype=torch.long)
+            att = torch.zeros((B, P + S), dtype=torch.long)
+            att[:, :P] = 1
+            tmask = torch.zeros((B, S), dtype=torch.bool)  # suffix position s predicts a masked token s+1
+            for r, i in enumerate(b):
+                full, m = seqs[i]
+                suf = full[P:]
+                ids[r, : len(suf)] = torch.tensor(suf)
+                att[r, P: P + len(suf)] = 1
+                if len(suf) > 1:
+                    tmask[r, : len(suf) - 1] = torch.tensor(m[P + 1:], dtype=torch.bool)
+            if not int(tmask.sum()):
+                continue
+            ids, att, tmask = ids.to(device), att.to(device), tmask.to(device)
+            pos = torch.arange(P, P + S, device=device).unsqueeze(0).expand(B, S)
+            cache = _expanded_cache(kv, B, getattr(model, "config", None))
+            res = net(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, **{ckw: cache})
+            targets = torch.roll(ids, shifts=-1, dims=1)[tmask]
+            rows = np.asarray(b)[tmask.nonzero()[:, 0].cpu().numpy()]
+            if parts is not None:
+                h = res.last_hidden_state[tmask]
+                del res, cache
+                stats = _head_stats(parts[1], h, targets, False)
+            else:
+                h = res.logits[tmask]
+                del res, cache
+                stats = _block_stats(h, targets, False)
+            ce = torch.cat([c for c, _, _ in stats]).cpu().numpy()
+            np.add.at(sums, rows, ce)
+            np.add.at(counts, rows, 1)
+    return sums, counts
 
 
 def score_many(proxy: ICLProxy, pool, id_lists: list, labels: list[str] | None = None, show_progress: bool = True) -> list[ProxyScore]:
