@@ -57,8 +57,8 @@ def main() -> None:
     anchors = Anchors(positions=list(range(k)), weights=[1.0 / k] * k, labels=list(range(k)), by="first", requested=k)
     records = [pool[p] for p in range(args.subset)]
     lm = load_model("small")
-    kw = dict(model="small", demos=args.demos, draws=1, sharing="shared", seed=0, token_budget=args.token_budget,
-              loaded=lm, show_progress=False)
+    kw = {"model": "small", "demos": args.demos, "draws": 1, "sharing": "shared", "seed": 0, "token_budget": args.token_budget,
+              "loaded": lm, "show_progress": False}
 
     times = {"old": [], "new": []}
     scores = {}

@@ -221,7 +221,7 @@ def test_bench_rows_state_their_contamination(tmp_path):
     rows = run_bench(BenchConfig.from_dict(cfg), tmp_path / "run", show_progress=False)
     assert rows[0]["decontamination"] == {"test": {"excluded": 3}, "dev": {"overlap": 1}}
     assert rows[0]["n_selected"] == len(full) - 3
-    chosen = [json.loads(line)["id"] for line in (tmp_path / "run" / "selections" / "full__b1__s0.jsonl").open()]
+    chosen = [json.loads(line)["id"] for line in (tmp_path / "run" / "selections" / "full__b1.0__s0.jsonl").open()]
     assert len(chosen) == len(full) - 3 and not set(test_plants) & set(chosen)
     report = json.loads((tmp_path / "run" / "decontamination.json").read_text())
     assert sorted(report["splits"]["test"]["matches"]) == sorted(test_plants)

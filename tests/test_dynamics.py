@@ -14,7 +14,7 @@ from thresher.signals import dynamics
 from thresher.signals.base import COLUMN_OWNERS, make_signal
 from thresher.signals.dynamics import assign_folds, cartography, ids_digest
 
-TINY = dict(model="micro", steps=6, batch_size=8)  # a few seconds per training on 2 shared cores
+TINY = {"model": "micro", "steps": 6, "batch_size": 8}  # a few seconds per training on 2 shared cores
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_crossfit_asserts_that_no_model_saw_a_copy(tiny_pool, cache, monkeypatch
 
 def test_datamap_end_to_end(arith_small, tmp_path, cache):
     pool = arith_small[0]
-    sig = make_signal("datamap", model="micro", steps=9, checkpoints=3, batch_size=16)
+    sig = make_signal("datamap", model="micro", steps=9, checkpoints=3, batch_size=8)
     store = SignalStore(tmp_path / "store")
     run_signal(sig, pool, store, show_progress=False)
     v = read_signal(sig, pool, store)

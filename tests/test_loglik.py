@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.stats import domain_effects, oracle_fidelity, seed_item_bootstrap, spearman
+from thresher.stats import (
+    domain_effects,
+    oracle_fidelity,
+    seed_item_bootstrap,
+    spearman,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,3 +117,65 @@ def test_paired_statistics_take_real_valued_items():
     assert np.allclose(eff, [np.mean((run - ref)[:20]), np.mean((run - ref)[20:])]) and np.all(var > 0)
     d, lo, hi = seed_item_bootstrap([list(run)], [list(ref)], n_boot=200)
     assert d == pytest.approx(float(np.mean(run - ref))) and lo < d < hi and lo > 0
+
+
+@pytest.mark.parametrize("name", ["bench-gsm8k-small.yaml", "bench-arith-small.yaml"])
+def test_small_bench_configs_load(name):
+    from thresher.bench.run import (
+        BenchConfig,
+        _inject,
+        _plan,
+        make_selector,
+        selector_class,
+    )
+
+    cfg = BenchConfig.load(ROOT / "examples" / name)
+    assert cfg.model == "small" and cfg.task["params"]["metric"] == "loglik"
+    assert cfg.inner_oracle == {"steps": 5, "dev_size": 20, "fidelity_subsets": 3}
+    names = {m.name for m in cfg.methods}
+    assert {"random", "full", "ifd", "deita", "dsir", "alpagasus", "rds", "thtb", "tmap", "harp-c", "harp-e",
+            "autoselection"} <= names
+    for m in cfg.methods:  # every method's params validate
+        make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
+    assert len(_plan(cfg, 0)) == len(cfg.methods)
+
+
+def test_bench_config_rejects_bad_inner_oracle_and_metric():
+    from thresher.bench.run import BenchConfig, BenchConfigError
+
+    base = {"pool": {"arith": {}}, "methods": ["random"], "budgets": [0.1], "seeds": [0]}
+    with pytest.raises(BenchConfigError, match="inner_oracle"):
+        BenchConfig.from_dict({**base, "inner_oracle": {"steps": 0}})
+    with pytest.raises(BenchConfigError, match="metric"):
+        BenchConfig.from_dict({**base, "task": {"name": "arith", "params": {"metric": "bleu"}}})
+
+
+def test_inner_oracle_and_fidelity(tiny_arith, tmp_path):
+    from thresher.models.train import TrainConfig
+    from thresher.oracle.core import Oracle
+
+    pool, task, _ = tiny_arith
+    full = Oracle(task.with_metric("loglik"), pool, model="micro", train=TrainConfig.for_tier("micro", steps=3, batch_size=8),
+                  cache_dir=tmp_path, show_progress=False)
+    inner = full.inner(steps=1, dev_size=4)
+    assert inner.train.steps == 1 and len(inner.task.dev) == 4 and inner.ledger is full.ledger
+    subsets = [pool.ids[i: i + 12] for i in (0, 20, 40, 60)]
+    inner.dev_view().score_many(subsets)
+    f = full.fidelity(inner.history, max_subsets=3)
+    assert f["inner_fidelity_n"] == 3 and len(f["inner_fidelity_pairs"]) == 3
+    assert f["inner_fidelity"] is None or -1.0 <= f["inner_fidelity"] <= 1.0
+
+
+def test_gpu_check_cpu_smoke_runs(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--reps", "1", "--json", str(out)],
+                       check=False, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ratio to roofline" in r.stdout
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["models"]["tiny"]["lm_tokens_per_s"] > 0 and res["models"]["tiny"]["lora_step_s"] > 0

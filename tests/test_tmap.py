@@ -207,8 +207,8 @@ def test_shared_prefix_equals_the_per_prompt_path(arith_small, micro_lm, sharing
     a = anchor_points(np.arange(len(dev.dev), dtype=float)[:, None], 6, seed=0)
     assert len({len(it.question) for it in a.items(dev.dev)}) > 1
     for ids, demos in ((pool.ids[10:80], 3), (pool.ids[200:240], 2), (pool.ids[:5], 5)):
-        kw = dict(model="micro", demos=demos, draws=2, seed=5, sharing=sharing, token_budget=budget, max_length=max_length,
-                  loaded=micro_lm)
+        kw = {"model": "micro", "demos": demos, "draws": 2, "seed": 5, "sharing": sharing, "token_budget": budget,
+              "max_length": max_length, "loaded": micro_lm}
         new, old = ICLProxy(dev, a, **kw), ICLProxy(dev, a, share_prefix=False, **kw)
         assert new.identity() == old.identity()
         sn, so = new.score_ids(pool, ids), old.score_ids(pool, ids)
@@ -235,7 +235,7 @@ def test_shared_prefix_checks_the_token_boundary(arith_small, micro_lm, monkeypa
     pool, task, _ = arith_small
     dev = task.dev_view()
     a = anchor_points(np.arange(len(dev.dev), dtype=float)[:, None], 4, seed=0)
-    kw = dict(model="micro", demos=3, draws=1, seed=2, sharing="shared", loaded=micro_lm)
+    kw = {"model": "micro", "demos": 3, "draws": 1, "seed": 2, "sharing": "shared", "loaded": micro_lm}
     ids = pool.ids[:60]
     ref = ICLProxy(dev, a, share_prefix=False, **kw).score_ids(pool, ids)
     good = ICLProxy(dev, a, **kw)

@@ -167,6 +167,16 @@ def decontaminate(pool: Pool | str, task: Task | str, out: str | os.PathLike | N
     return report
 
 
+def compute_required(selector, pool: Pool, st: SignalStore, *, engine: str = "local", show_progress: bool = True) -> None:
+    """Score the signals ``selector`` reads that the store lacks (a step of its own: the selector
+    itself only reads); a store that must be written to is checked for writability first."""
+    needed = selector.required_signals()
+    if any(not _stored(st, sig, pool) for sig in needed):
+        ensure_writable(st)
+    for sig in needed:
+        run_signal(sig, pool, st, engine=engine, show_progress=show_progress)
+
+
 def select(pool: Pool | str, method: str, budget, *, store: str | os.PathLike | None = None, seed: int = 0,
            task: Task | DevTask | str | None = None, oracle: Oracle | None = None, out: str | os.PathLike | None = None,
            compute_missing: bool = False, engine: str = "local", show_progress: bool = True,
@@ -215,11 +225,7 @@ def select(pool: Pool | str, method: str, budget, *, store: str | os.PathLike | 
         overrides = {"steps": oracle_steps} if oracle_steps else {}
         oracle = make_oracle(task, pool, model=oracle_model, **overrides)
     if compute_missing:
-        needed = selector.required_signals()
-        if any(not _stored(st, sig, pool) for sig in needed):
-            ensure_writable(st)
-        for sig in needed:
-            run_signal(sig, pool, st, engine=engine, show_progress=show_progress)
+        compute_required(selector, pool, st, engine=engine, show_progress=show_progress)
     if artifacts_dir is None and out:
         artifacts_dir = Path(str(out) + ".artifacts")
     view = SignalView(pool, st)
@@ -353,11 +359,7 @@ def run_recipe(recipe, pool, out: str | os.PathLike | None = None, *, store: str
     selector = RecipeSelector(**params)
     st = open_store(store)
     if compute_missing:
-        needed = selector.required_signals()
-        if any(not _stored(st, sig, pool) for sig in needed):
-            ensure_writable(st)
-        for sig in needed:
-            run_signal(sig, pool, st, engine=engine, show_progress=show_progress)
+        compute_required(selector, pool, st, engine=engine, show_progress=show_progress)
     sel = selector.select(pool, SignalView(pool, st), Budget.parse(budget if budget is not None else 1.0))
     note_scorers(sel, selector, pool, st)
     if budget is None:  # no budget was asked for: the recipe alone sets the size

@@ -115,7 +115,11 @@ def loglik_eval(model, tokenizer, task: DevTask, items: list[TaskItem], token_bu
     length-sorted batches under a token budget, LM head at answer positions only); CE only.
     """
     from thresher.models.load import quiet_length_warning
-    from thresher.signals.lm import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, batched_answer_stats
+    from thresher.signals.lm import (
+        CPU_TOKEN_BUDGET,
+        GPU_TOKEN_BUDGET,
+        batched_answer_stats,
+    )
 
     t0 = time.perf_counter()
     quiet_length_warning(tokenizer)

@@ -58,7 +58,7 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
-    def for_tier(cls, tier: str, **overrides) -> "TrainConfig":
+    def for_tier(cls, tier: str, **overrides) -> TrainConfig:
         if tier.startswith("micro"):
             base = dict(mode="scratch", steps=500, batch_size=32, lr=8e-3)
         else:
@@ -145,7 +145,7 @@ def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", s
     stream = index_stream()
     if device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        autocast = lambda: torch.autocast(device_type="cuda", dtype=amp)  # noqa: E731
+        autocast = lambda: torch.autocast(device_type="cuda", dtype=amp)
     else:
         import contextlib
 

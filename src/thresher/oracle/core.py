@@ -71,7 +71,7 @@ def ids_digest(ids) -> str:
 class DevOracle:
     """What a search may use: dev scores and the ledger, nothing about test."""
 
-    def __init__(self, oracle: "Oracle"):
+    def __init__(self, oracle: Oracle):
         self._oracle = oracle
         self.ledger = oracle.ledger
         self.task = oracle.task.dev_view() if isinstance(oracle.task, Task) else oracle.task
@@ -121,7 +121,7 @@ class Oracle:
         return DevOracle(self)
 
     # --- search small, train big
-    def inner(self, steps: int | None = None, dev_size: int | None = None, seed: int = 0, **_ignored) -> "Oracle":
+    def inner(self, steps: int | None = None, dev_size: int | None = None, seed: int = 0, **_ignored) -> Oracle:
         """A cheaper oracle for searches: ``steps`` training steps, a seeded ``dev_size``-item
         subset of the dev split (kept in dev order); same pool, model, cache folder and ledger.
         Its task keeps the test split, so selectors get the same kind of task (but never test it)."""

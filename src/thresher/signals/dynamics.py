@@ -36,17 +36,20 @@ reproduces the answer (a lower bound on a greedy match, computed without generat
 over the pool (the conditioned pass only); ``datamap``: one training and ``checkpoints``
 scoring passes. Defaults: micro 500 steps per fold (the tier's TrainConfig; fewer leave
 the model unable to do the arithmetic, and the loss uninformative) and 500 for the data
-map, batch 32: 0.06-0.12 s a step on 2 CPU cores (5 folds: ~3-6 min, measured 364 s for
-5 x 600 steps with one thread beside another job); ``small`` (SmolLM2-135M, LoRA, batch
-8): 60 steps per fold and 120 for the data map, TODO_SMALL. The run's cost (trainings,
-steps, seconds, per-fold digests) is kept in the store's metadata (``cost``).
+map, batch 32: 0.06-0.15 s a step on 2 CPU cores (measured: 5 folds x 500 steps on a
+1000-example arith pool in 365 s with one thread beside another job; the data map in
+45 s). ``small`` (SmolLM2-135M, LoRA, batch 8): 60 steps per fold and 120 for the data
+map; on CPU a step costs ~10 s and scoring ~0.4 s an example (one thread, short arith
+examples, same machine), so ``crossfit_loss`` is about an hour and ``datamap`` half an
+hour plus its passes per 1000 examples: use a GPU. The run's cost (trainings, steps,
+seconds, per-fold digests) is kept in the store's metadata (``cost``).
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -55,7 +58,7 @@ from thresher.models.chat import DEFAULT_FINAL_MARKERS
 from thresher.signals.base import Signal, SignalParams, register_signal
 
 #: default training steps when neither ``steps`` nor ``epochs`` is given, by tier
-XFIT_STEPS = {"micro": 500, "small": 60}  # TrainConfig.for_tier's; micro needs ~500 to learn arith (200: AUC ~0.55)
+XFIT_STEPS = {"micro": 500, "small": 60}  # TrainConfig.for_tier's (arith wrong-answer AUC of xfit_loss: 0.55 at 200, 0.76 at 500)
 DATAMAP_STEPS = {"micro": 500, "small": 120}
 #: a token with probability above this is the greedy choice
 GREEDY_P = 0.5
@@ -216,7 +219,7 @@ class _DynamicsSignal(Signal):
     family = "dynamics"
     heavy = True
     scorer_model = True  # model="auto" resolves on the pool (Signal.for_pool) before the key is made
-    default_steps: dict[str, int] = {}
+    default_steps: ClassVar[dict[str, int]] = {}
 
     def __init__(self, **params: Any):
         super().__init__(**params)

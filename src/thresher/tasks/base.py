@@ -185,11 +185,11 @@ class Task(DevTask):
         return DevTask(name=self.name, dev=self.dev, prompt=self.prompt, extractor=self.extractor, max_new_tokens=self.max_new_tokens,
                        metric=self.metric, both_metrics=self.both_metrics)
 
-    def with_metric(self, metric: str | None = None, both_metrics: bool | None = None) -> "Task":
+    def with_metric(self, metric: str | None = None, both_metrics: bool | None = None) -> Task:
         """This task scored with another metric (same items)."""
         return self.with_dev(self.dev, metric=metric, both_metrics=both_metrics)
 
-    def with_dev(self, dev: Sequence[TaskItem], metric: str | None = None, both_metrics: bool | None = None) -> "Task":
+    def with_dev(self, dev: Sequence[TaskItem], metric: str | None = None, both_metrics: bool | None = None) -> Task:
         """A copy with another dev split (e.g. a cheaper inner oracle's subset of it), same test split."""
         t = Task(self.name, dev, self._test, prompt=self.prompt, extractor=self.extractor, max_new_tokens=self.max_new_tokens,
                  description=self.description, metric=self.metric if metric is None else metric,

@@ -36,11 +36,11 @@ from thresher.errors import ConfigError, DataFormatError
 from thresher.tasks.base import EXTRACTORS, METRICS, PromptFormat, Task, TaskItem
 
 __all__ = [
+    "CUSTOM_TASK_KEYS",
     "TaskConfigError",
     "TaskDataError",
     "iter_jsonl_rows",
     "load_custom_task",
-    "CUSTOM_TASK_KEYS",
 ]
 
 #: every key a task YAML may hold, with its default (``...`` = required)

@@ -30,14 +30,14 @@ from thresher.tasks.custom import TaskDataError, iter_jsonl_rows
 __all__ = [
     "GSM8K_HUB",
     "GSM8KProblem",
-    "shared_data_dir",
-    "gsm8k_dir",
-    "strip_calculator",
-    "parse_gsm8k_answer",
-    "load_gsm8k_split",
     "gsm8k_dev_indices",
-    "gsm8k_task",
+    "gsm8k_dir",
     "gsm8k_pool",
+    "gsm8k_task",
+    "load_gsm8k_split",
+    "parse_gsm8k_answer",
+    "shared_data_dir",
+    "strip_calculator",
 ]
 
 GSM8K_HUB = "openai/gsm8k"

@@ -68,7 +68,12 @@ from thresher.oracle.core import ids_digest
 from thresher.progress import progress
 from thresher.signals.cluster import kmeans
 from thresher.signals.embed import encode_texts, load_encoder
-from thresher.signals.lm import _block_stats, _head_parts, _head_stats, batched_answer_stats
+from thresher.signals.lm import (
+    _block_stats,
+    _head_parts,
+    _head_stats,
+    batched_answer_stats,
+)
 from thresher.tasks.base import DevTask, TaskItem
 
 ProxyMetric = Literal["loglik", "accuracy"]
