@@ -23,6 +23,7 @@ from thresher.data.store import SignalKey
 from thresher.errors import UnknownNameError
 from thresher.params import validate_params
 from thresher.registry import Registry
+from thresher.tasks import get_task
 
 VECTORS = "__vectors__"
 
@@ -109,6 +110,17 @@ class Signal:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params.model_dump()})"
 
+
+class ReadsTaskDev:
+    """Mixin for signals computed against a target task's dev split (params ``task`` and
+    ``task_params``): :meth:`dev` loads the task's dev view once; the test split stays sealed."""
+
+    _dev = None
+
+    def dev(self):
+        if self._dev is None:
+            self._dev = get_task(self.params.task, **self.params.task_params).dev_view()
+        return self._dev
 
 #: every signal class by name; the built-in families are imported on first access
 SIGNALS: Registry[type[Signal]] = Registry("signal", tuple(f"thresher.signals.{m}" for m in (

@@ -26,7 +26,13 @@ import numpy as np
 from pydantic import Field
 
 from thresher.data.pool import user_text
-from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
+from thresher.signals.base import (
+    VECTORS,
+    ReadsTaskDev,
+    Signal,
+    SignalParams,
+    register_signal,
+)
 from thresher.signals.cluster import first_seen_labels, kmeans, resolve_backend
 from thresher.signals.embed import (
     DEFAULT_ENCODER,
@@ -36,7 +42,6 @@ from thresher.signals.embed import (
     encoder_identity,
     load_encoder,
 )
-from thresher.tasks import get_task
 
 Backend = Literal["auto", "faiss", "sklearn"]
 ROW_BLOCK = 8192
@@ -258,7 +263,7 @@ class TaskRelevanceParams(EmbeddingInput):
 
 
 @register_signal
-class TaskRelevance(Signal):
+class TaskRelevance(ReadsTaskDev, Signal):
     name = "task_relevance"
     version = 1
     scope = "pool"
@@ -267,16 +272,6 @@ class TaskRelevance(Signal):
     Params = TaskRelevanceParams
     description = ("mean of the top-m cosine similarities between an example's embedding and the target task's dev "
                    "items (same encoder; dev items rendered like the pool side: question / worked answer / both)")
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        self._dev = None
-
-    def dev(self):
-        """The task's dev view (loaded once); selection never sees the test split."""
-        if self._dev is None:
-            self._dev = get_task(self.params.task, **self.params.task_params).dev_view()
-        return self._dev
 
     def dev_items(self) -> list:
         items = self.dev().dev

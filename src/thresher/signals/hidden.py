@@ -45,7 +45,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
+from thresher.signals.base import (
+    VECTORS,
+    ReadsTaskDev,
+    Signal,
+    SignalParams,
+    register_signal,
+)
 
 Pooling = Literal["position_weighted", "mean", "last"]
 DevText = Literal["all", "user"]
@@ -311,7 +317,7 @@ def cosine_matrix(x: np.ndarray, refs: np.ndarray, block: int = 8192) -> np.ndar
 
 
 @register_signal
-class RDSSimilarity(_HiddenBase):
+class RDSSimilarity(ReadsTaskDev, _HiddenBase):
     name = "rds_similarity"
     version = 1
     scope = "pool"
@@ -321,18 +327,6 @@ class RDSSimilarity(_HiddenBase):
     Params = RDSSimilarityParams
     description = ("RDS+: cosine of each example's hidden_embedding to each dev item of a task (embedded the same way; "
                    "vector of width = dev items, in dev order); rds_max_similarity = the largest of them")
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        self._dev = None
-
-    def dev(self):
-        """The task's dev view (loaded once); selection never sees the test split."""
-        if self._dev is None:
-            from thresher.tasks import get_task
-
-            self._dev = get_task(self.params.task, **self.params.task_params).dev_view()
-        return self._dev
 
     def key_params(self) -> dict:
         d = self.params.model_dump(mode="json")
