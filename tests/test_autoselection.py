@@ -301,7 +301,7 @@ def state_pool(tmp_path):
     """8 examples with hand-chosen tokens, clusters, relevance and lm values in a store."""
     pool = plain_pool(8)
     store = SignalStore(tmp_path)
-    s = SignalSettings(relevance_domains=["add"])
+    s = SignalSettings(scorer="micro", relevance_domains=["add"])  # the scorer RECIPE_YAML names
     tokens = np.array([10, 10, 10, 10, 20, 20, 10, 10])  # pool total 100
     plant(store, pool, s.text_signal(), {c: tokens for c in make_signal("text").columns})
     plant(store, pool, s.kmeans_signal(), {"cluster": np.array([0, 0, 0, 0, 1, 1, 1, 1]), "dist_to_centroid": np.zeros(8)})
@@ -362,7 +362,7 @@ def test_run_recipe_writes_the_subset_and_its_state(tmp_path):
 def test_example_recipe_file_parses():
     rf = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "recipe-arith.yaml")
     assert [op.name for op in rf.recipe] == ["task_relevance_filter", "union"]
-    assert rf.settings.scorer == "micro" and rf.settings.task == "arith"  # `signals: {}` = the defaults
+    assert rf.settings.scorer == "auto" and rf.settings.task == "arith"  # `signals: {}` = the defaults (auto = micro on arith)
 
 
 # --------------------------------------------------------------------------- the surrogate on a planted objective

@@ -87,7 +87,9 @@ class SignalSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scorer: str = Field("micro", description="model of the lm signal (IFD, varentropy, loss) and of the text signal's tokenizer")
+    scorer: str = Field("auto", description=("model of the lm signal (IFD, varentropy, loss): auto = micro on the arith "
+                                             "testbed, small (SmolLM2) on any other pool; also the text signal's tokenizer "
+                                             "when named (auto: the micro character tokenizer, as before)"))
     scorer_warmup: int | None = Field(None, ge=0, description="the lm signal's warmup_examples (default: 300 for micro, 0 otherwise)")
     scorer_warmup_steps: int = Field(250, ge=1, description="the lm signal's warmup_steps")
     embed_model: str = Field(DEFAULT_ENCODER, description="sentence encoder of the embedding-based signals")
@@ -106,7 +108,7 @@ class SignalSettings(BaseModel):
         return signal_for("lm", **self.lm_params())
 
     def text_signal(self) -> Signal:
-        return signal_for("text", model=self.scorer)
+        return signal_for("text", model="micro" if self.scorer == "auto" else self.scorer)
 
     def embedding_params(self) -> dict:
         return {"embed_model": self.embed_model, "embed_text": self.embed_text}
