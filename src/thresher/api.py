@@ -10,21 +10,46 @@ from typing import Any
 
 from thresher.data.io import atomic_write_json
 from thresher.data.ledger import CostLedger
-from thresher.data.pool import LoadReport, Pool, as_pool, check_save_path, load_pool, rejects_path_for
+from thresher.data.pool import (
+    LoadReport,
+    Pool,
+    as_pool,
+    check_save_path,
+    load_pool,
+    rejects_path_for,
+)
 from thresher.data.store import SignalStore, default_store
-from thresher.decontam import DecontaminationOffWarning, DecontamReport, exclude_test_overlap, off_meta
+from thresher.decontam import (
+    DecontaminationOffWarning,
+    DecontamReport,
+    exclude_test_overlap,
+    off_meta,
+)
 from thresher.decontam import decontaminate as _decontaminate
-from thresher.engine.local import run_signal
+from thresher.engine.local import run_signal, scorer_line, stored_notes
 from thresher.errors import ConfigError, StoreError
-from thresher.models.load import check_model_spec, tier_of
-from thresher.models.train import TrainConfig
+from thresher.models.evaluate import evaluate as _evaluate
+from thresher.models.load import (
+    LoadedModel,
+    check_model_spec,
+    load_model,
+    save_model,
+    tier_of,
+)
+from thresher.models.train import TrainConfig, attach_lora, finetune
 from thresher.oracle.core import Oracle, Score
 from thresher.select.autoselection import RecipeSelector
 from thresher.select.autoselection.operators import SignalSettings
 from thresher.select.autoselection.recipe import as_recipe
-from thresher.select.base import Budget, Selection, SignalView, make_selector
-from thresher.select.base import SubsetSignalView
+from thresher.select.base import (
+    Budget,
+    Selection,
+    SignalView,
+    SubsetSignalView,
+    make_selector,
+)
 from thresher.signals.base import Signal, make_signal, resolve
+from thresher.tasks import get_task as _get
 from thresher.tasks.base import DevTask, Task
 from thresher.threads import apply_threads
 
@@ -48,8 +73,6 @@ def load(path: str | os.PathLike, out: str | os.PathLike | None = None, on_error
 
 
 def get_task(name: str, **params) -> Task:
-    from thresher.tasks import get_task as _get
-
     return _get(name, **params)
 
 
@@ -247,8 +270,6 @@ def note_scorers(sel: Selection, selector, pool: Pool, st: SignalStore) -> None:
     what their runs noted (``signal_notes``: e.g. how many examples were truncated)."""
     import logging
 
-    from thresher.engine.local import scorer_line, stored_notes
-
     try:
         signals = selector.required_signals()
     except Exception as e:  # noqa: BLE001 - the selection is made; a method that cannot list its signals names none
@@ -273,8 +294,6 @@ def note_scorers(sel: Selection, selector, pool: Pool, st: SignalStore) -> None:
 def train(records_or_pool, model: str = "micro", out: str | os.PathLike | None = None, config: TrainConfig | None = None,
           show_progress: bool = True, **overrides):
     """Fine-tune ``model`` on records (a Pool, a path, or a list of records); save to ``out``."""
-    from thresher.models.load import LoadedModel, load_model, save_model
-    from thresher.models.train import attach_lora, finetune
 
     check_model_spec(model)
     _check_positive(overrides, ("steps", "batch_size", "max_length"), integer=True, what="train")
@@ -300,8 +319,6 @@ def train(records_or_pool, model: str = "micro", out: str | os.PathLike | None =
 
 def evaluate(model: str, task: Task | str, split: str = "dev", batch_size: int = 64, show_progress: bool = True, limit: int | None = None):
     """Score a model (spec or directory) on a task split by generation + answer extraction."""
-    from thresher.models.evaluate import evaluate as _evaluate
-    from thresher.models.load import load_model
 
     check_model_spec(model)
     _check_positive({"batch_size": batch_size, "limit": limit}, ("batch_size", "limit"), integer=True, what="eval")

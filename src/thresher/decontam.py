@@ -53,6 +53,7 @@ from itertools import repeat
 import numpy as np
 
 from thresher.data.pool import Pool, assistant_text, user_text
+from thresher.progress import progress
 from thresher.signals.dedup import _lsh_index, word_shingles
 from thresher.tasks.base import DevTask, Task, TaskItem
 
@@ -364,7 +365,6 @@ def decontaminate(pool: Pool, task: Task | DevTask, *, splits: Sequence[str] = S
 
     Returns a :class:`DecontamReport`; its ``splits[s].ids`` are the contaminated pool ids.
     """
-    from thresher.progress import progress
 
     if not 1 <= batch_size <= 1 << 22:
         raise ValueError(f"decontaminate: batch_size must be in 1..{1 << 22}, got {batch_size}")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 
+from thresher.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: the environment variable holding the user's thread budget (``--threads`` sets it)
@@ -40,8 +42,6 @@ def available_cores() -> int:
 
 
 def _check(n, what: str) -> int:
-    from thresher.errors import ConfigError
-
     try:
         v = int(str(n).strip())
     except ValueError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 from thresher.bench.run import BenchConfig
+from thresher.threads import available_cores, user_threads
 
 #: the demo's methods: (label, selector, params); the quick demo keeps the first three
 DEMO_METHODS = [
@@ -24,7 +25,6 @@ QUICK_METHODS = ("random", "ifd", "topk-loss-low", "full")
 def demo_workers() -> int:
     """Two oracle processes on a machine with 2+ cores (the micro model is too small to use two
     threads well: two runs at once instead), within the ``--threads`` budget."""
-    from thresher.threads import available_cores, user_threads
 
     return max(1, min(2, user_threads() or available_cores()))
 

@@ -90,6 +90,8 @@ from thresher.tasks.arith import (
     defect_counts,
     read_defect_labels,
 )
+from thresher.tasks.base import check_metric
+from thresher.tasks.gsm8k_mix import GSM8KMixTestbed
 
 #: the keys of every bench row (the demo's too); rows also carry per-domain scores, the method's
 #: diagnostics and the test correctness vector (``test_correct``) the paired statistics read
@@ -230,7 +232,6 @@ def build_pool_and_task(cfg: BenchConfig, data_dir: str | os.PathLike | None = N
         pool, task, labels = ArithTestbed(ArithConfig(**(cfg.pool["arith"] or {}))).build(data_dir)
         return pool, _with_metric(task, cfg), labels
     if "gsm8k-mix" in cfg.pool:  # the real-data testbed; its task is gsm8k with the same dev split
-        from thresher.tasks.gsm8k_mix import GSM8KMixTestbed
 
         pool, task, labels = GSM8KMixTestbed(**(cfg.pool["gsm8k-mix"] or {})).build(data_dir)
         return pool, _with_metric(task, cfg), labels
@@ -254,8 +255,6 @@ def _with_metric(task, cfg: BenchConfig):
 
 
 def _task_metric_checked(task: dict, source: str) -> dict:
-    from thresher.tasks.base import check_metric
-
     p = (task.get("params") or {}) if isinstance(task, dict) else {}
     try:
         check_metric(p.get("metric", "accuracy"), p.get("both_metrics", False))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from thresher.data.io import atomic_dir
 from thresher.data.paths import cache_root
+from thresher.threads import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ def connect(address: str | None = None):
         ray.init(address=address)
         log.info("ray engine: connected to the Ray cluster at %s", address)
     else:
-        from thresher.threads import available_cores
 
         cpus = available_cores()  # the cores this process may run on (its affinity mask)
         ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True)

@@ -34,8 +34,10 @@ from thresher.engine.shards import (
     write_shard,
 )
 from thresher.errors import StoreError
+from thresher.models.load import describe_model
 from thresher.progress import progress
 from thresher.signals.base import VECTORS, Signal
+from thresher.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ def scorer_line(signal: Signal) -> str | None:
     describe = getattr(signal, "describe_scorer", None)
     if callable(describe):
         return describe()
-    from thresher.models.load import describe_model
 
     return f"{getattr(signal, 'scorer_role', 'scorer')}: {describe_model(signal.params.model)}"
 
@@ -77,7 +78,6 @@ def stored_notes(store: SignalStore, key: SignalKey) -> list[str]:
 def run_signal(signal: Signal, pool: Pool, store: SignalStore, *, engine: str = "local", shard_size: int | None = None,
                show_progress: bool = True, ray_address: str | None = None, ray_actors: int | None = None) -> SignalRun:
     """Compute ``signal`` (and what it requires) over ``pool`` into ``store`` unless already there."""
-    from thresher.threads import apply_threads
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")

@@ -40,6 +40,7 @@ from thresher.engine.cluster import (
 from thresher.engine.shards import count_flags, write_shard
 from thresher.progress import progress
 from thresher.signals.base import VECTORS, Signal
+from thresher.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ class ShardWorker:
                  threads: int | None, env: dict[str, str], artifact=None):
         os.environ.update(env)
         if threads:
-            from thresher.threads import apply_threads
-
             apply_threads(threads)
         self.signal = signal_cls(**params)
         if state is not None:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from thresher.data.ledger import LedgerEntry
 from thresher.errors import JudgeError
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,6 @@ class JudgeClient:
             return [one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="judge") as ex:
             return list(ex.map(one, requests))
-
 
     # --- reachability
 
@@ -575,7 +575,6 @@ class JudgeStats:
 
     def ledger_entry(self, label: str, key: str = ""):
         """A :class:`thresher.data.ledger.LedgerEntry` of kind ``judge`` (runs = requests sent)."""
-        from thresher.data.ledger import LedgerEntry
 
         return LedgerEntry(kind="judge", label=label, runs=self.requests, examples=self.examples,
                            tokens=self.prompt_tokens + self.completion_tokens, seconds=self.seconds,

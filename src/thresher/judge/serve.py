@@ -58,6 +58,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thresher.errors import ThresherError
+from thresher.models.chat import TemplateError, encode_prompt
+from thresher.models.load import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +192,6 @@ class ChatGenerator:
                  seed: int | None = None, stop: list[str] | None = None) -> Generation:
         import torch
         from jinja2 import TemplateError as JinjaTemplateError
-
-        from thresher.models.chat import TemplateError, encode_prompt
 
         try:
             ids = encode_prompt(self.tokenizer, messages)
@@ -364,7 +364,6 @@ def load_generator(model, *, served_name: str | None = None, seed: int = 0,
     spec for hub ids, ``<dir name>-<hash>`` for a local directory): that is the name
     clients send as ``model`` and the judge signals put in their cache key.
     """
-    from thresher.models.load import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model), seed=seed)
     return ChatGenerator(loaded, served_name or loaded.model_id, seed=seed, default_max_tokens=default_max_tokens)

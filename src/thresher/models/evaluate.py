@@ -11,8 +11,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from thresher.models.chat import encode_prompt, pad_batch
+from thresher.models.chat import encode_conversation, encode_prompt, pad_batch
+from thresher.models.load import quiet_length_warning
 from thresher.progress import progress
+from thresher.signals.lm import (
+    CPU_TOKEN_BUDGET,
+    GPU_TOKEN_BUDGET,
+    batched_answer_stats,
+)
 from thresher.tasks.base import DevTask, TaskItem
 
 
@@ -98,7 +104,6 @@ def gold_sequences(tokenizer, task: DevTask, items: list[TaskItem], max_length: 
     """(ids, content-only answer mask) per item: the prompt plus the gold answer
     (``target``, else ``answer``) in the chat template, scored on the answer's content
     tokens only (the ``lm`` signal's mask, ``encode_conversation(..., turn_end=False)``)."""
-    from thresher.models.chat import encode_conversation
 
     out = []
     for it in items:
@@ -114,12 +119,6 @@ def loglik_eval(model, tokenizer, task: DevTask, items: list[TaskItem], token_bu
     Same fast path as the ``lm`` signal (:func:`thresher.signals.lm.batched_answer_stats`:
     length-sorted batches under a token budget, LM head at answer positions only); CE only.
     """
-    from thresher.models.load import quiet_length_warning
-    from thresher.signals.lm import (
-        CPU_TOKEN_BUDGET,
-        GPU_TOKEN_BUDGET,
-        batched_answer_stats,
-    )
 
     t0 = time.perf_counter()
     quiet_length_warning(tokenizer)

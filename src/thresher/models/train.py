@@ -20,7 +20,9 @@ from typing import Literal
 import numpy as np
 
 from thresher.models.chat import encode_conversation, pad_batch
+from thresher.models.load import quiet_length_warning
 from thresher.progress import progress
+from thresher.threads import apply_threads
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,6 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def encode_records(tokenizer, records, max_length: int):
     """Training encodings cut to ``max_length`` tokens on purpose (a longer example is tokenised
     only as far as needed; transformers' "longer than the maximum" warning is silenced)."""
-    from thresher.models.load import quiet_length_warning
 
     quiet_length_warning(tokenizer)
     enc = []
@@ -120,7 +121,6 @@ def finetune(model, tokenizer, records, cfg: TrainConfig, desc: str = "train", s
     import torch
 
     if cfg.threads:  # (otherwise the caller's: every entry point sets them through thresher.threads)
-        from thresher.threads import apply_threads
 
         apply_threads(cfg.threads)
     encoded = encode_records(tokenizer, records, cfg.max_length)

@@ -29,6 +29,7 @@ from thresher.models.load import model_identity, tier_of
 from thresher.models.train import TrainConfig
 from thresher.oracle.job import TrainEvalJob, eval_saved, run_job
 from thresher.oracle.ray import run_oracle_jobs_ray
+from thresher.stats import oracle_fidelity
 from thresher.tasks.base import DevTask, Task
 from thresher.threads import threads_for
 
@@ -143,7 +144,6 @@ class Oracle:
         """Score up to ``max_subsets`` of the subsets an inner oracle scored (``scored``: its
         ``history`` slice) with this oracle, spread over the inner score range; returns
         ``{inner_fidelity (Spearman or None), inner_fidelity_n, inner_fidelity_pairs}``."""
-        from thresher.stats import oracle_fidelity
 
         uniq: dict[str, tuple[list[str], float]] = {}
         for ids, v in scored:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from thresher.data.store import SignalKey
 from thresher.errors import UnknownNameError
+from thresher.models.load import resolve_scorer
 from thresher.params import validate_params
 from thresher.registry import Registry
 from thresher.tasks import get_task
@@ -58,8 +59,6 @@ class Signal:
         resolves to there (:func:`thresher.models.load.resolve_scorer`), so ``auto`` never
         enters a cache key; otherwise the signal itself."""
         if self.scorer_model and getattr(self.params, "model", None) == "auto":
-            from thresher.models.load import resolve_scorer
-
             return type(self)(**{**self.params.model_dump(), "model": resolve_scorer("auto", pool)})
         return self
 

@@ -45,6 +45,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from thresher.models.chat import encode_pair
+from thresher.models.load import (
+    describe_model,
+    is_micro,
+    load_model,
+    model_identity,
+    quiet_length_warning,
+    resolve_scorer,
+)
 from thresher.signals.base import (
     VECTORS,
     ReadsTaskDev,
@@ -71,8 +80,6 @@ def load_target(spec: str, dtype: str | None = None):
     """The model and tokenizer of ``spec`` as loaded (no warm-up), once per process (eval mode)."""
     key = (spec, dtype)
     if key not in _MODELS:
-        from thresher.models.load import load_model, quiet_length_warning
-
         lm = load_model(spec, dtype=dtype)
         lm.model.eval()
         quiet_length_warning(lm.tokenizer)  # truncation is deliberate and counted
@@ -82,14 +89,12 @@ def load_target(spec: str, dtype: str | None = None):
 
 def hidden_model_id(spec: str) -> str:
     """The cache-key id of the embedding model: a micro preset is its fresh seed-0 initialisation."""
-    from thresher.models.load import is_micro, model_identity
 
     return f"{spec}-init-seed0" if is_micro(spec) else model_identity(spec)
 
 
 def conversation_ids(tokenizer, messages, max_tokens: int) -> tuple[list[int], bool, bool]:
     """Token ids of a conversation in the chat template, cut to ``max_tokens``: (ids, truncated, capped)."""
-    from thresher.models.chat import encode_pair
 
     p = encode_pair(tokenizer, messages, max_length=max_tokens)
     return list(p.cond.input_ids), bool(p.truncated), bool(p.capped)
@@ -225,8 +230,6 @@ class _HiddenBase(Signal):
         return CPU_TOKEN_BUDGET if next(model.parameters()).device.type == "cpu" else GPU_TOKEN_BUDGET
 
     def describe_scorer(self) -> str:
-        from thresher.models.load import describe_model
-
         return f"{self.scorer_role}: {describe_model(self.params.model)}, base weights (no warm-up)"
 
     def embed_conversations(self, conversations: list[list[dict]], on_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -267,8 +270,6 @@ class HiddenEmbedding(_HiddenBase):
     def bind_pool(self, pool) -> HiddenEmbedding:
         """An ``auto`` model resolves on the pool here (before setup, which loads it)."""
         if self.params.model == "auto":
-            from thresher.models.load import resolve_scorer
-
             self.params = self.params.model_copy(update={"model": resolve_scorer("auto", pool)})
         return self
 

@@ -98,7 +98,17 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from thresher.data.paths import cache_root
+from thresher.data.pool import content_hash
 from thresher.errors import JudgeError, ThresherError
+from thresher.judge.client import (
+    JudgeClient,
+    JudgeStats,
+    ReplyCache,
+    chat_completions_url,
+    reply_cache_key,
+)
+from thresher.progress import progress
 from thresher.signals.base import Signal, SignalParams, register_signal
 from thresher.signals.heuristics import BLOOM_LEVEL_NAMES
 
@@ -387,7 +397,6 @@ class JudgeSignal(Signal, abc.ABC):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        from thresher.judge.client import JudgeStats, chat_completions_url
 
         chat_completions_url(self.params.url)  # fail early on a bad URL, naming the param
         if not self.params.model.strip():
@@ -411,7 +420,6 @@ class JudgeSignal(Signal, abc.ABC):
 
     def endpoint(self) -> str:
         """The normalised chat-completions URL (part of the key and of every reply-cache key)."""
-        from thresher.judge.client import chat_completions_url
 
         return chat_completions_url(self.params.url)
 
@@ -423,9 +431,6 @@ class JudgeSignal(Signal, abc.ABC):
 
     # --- work
     def setup(self) -> None:
-        from thresher.data.paths import cache_root
-        from thresher.judge.client import JudgeClient, ReplyCache
-
         p = self.params
         self.client = JudgeClient(p.url, p.model, api_key_env=p.api_key_env, concurrency=p.concurrency,
                                   max_retries=p.max_retries, timeout=p.timeout, backoff_base=p.backoff_base,
@@ -495,8 +500,6 @@ class JudgeSignal(Signal, abc.ABC):
         return state
 
     def reset_stats(self) -> None:
-        from thresher.judge.client import JudgeStats
-
         self.stats = JudgeStats()
 
     def ledger_entry(self):
@@ -506,9 +509,6 @@ class JudgeSignal(Signal, abc.ABC):
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         """One shard's columns; raises :class:`~thresher.errors.JudgeError` (nothing returned, so nothing
         stored) when a request got no reply or the run's content-failure rate passes ``max_failure_rate``."""
-        from thresher.data.pool import content_hash
-        from thresher.judge.client import reply_cache_key
-        from thresher.progress import progress
 
         self.ensure_setup()
         t0 = time.perf_counter()

@@ -57,9 +57,24 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from thresher.data.paths import cache_root
+from thresher.data.store import SignalKey
 from thresher.models.chat import DEFAULT_FINAL_MARKERS, encode_pair
-from thresher.models.load import is_micro, quiet_length_warning, tier_of
+from thresher.models.load import (
+    LoadedModel,
+    describe_model,
+    is_micro,
+    load_model,
+    model_identity,
+    quiet_length_warning,
+    resolve_scorer,
+    resolve_spec,
+    save_model,
+    tier_of,
+)
+from thresher.models.train import TrainConfig, attach_lora, finetune
 from thresher.signals.base import Signal, SignalParams, register_signal
+from thresher.signals.vllm_backend import VLLMScorer, vllm_available
 
 LOCAL_COLUMNS = ("loss_max", "loss_top5pct", "loss_topk", "loss_final")
 LM_COLUMNS = ("loss", "ppl", "loss_alone", "ppl_alone", "ifd", "ifd_ppl_ratio", "entropy", "varentropy", "answer_tokens",
@@ -86,8 +101,6 @@ def effective_warmup(params: LMParams) -> int:
 
 
 def scorer_model_id(params: LMParams, pool_fingerprint: str | None) -> str:
-    from thresher.models.load import model_identity
-
     base = model_identity(params.model)
     n = effective_warmup(params)
     if n:
@@ -97,7 +110,6 @@ def scorer_model_id(params: LMParams, pool_fingerprint: str | None) -> str:
 
 def scorer_cache_dir(params: LMParams, pool_fingerprint: str):
     """Where a warmed-up scorer for this pool is cached (written once, then only loaded)."""
-    from thresher.data.paths import cache_root
 
     mid = scorer_model_id(params, pool_fingerprint)
     return cache_root() / "scorers" / hashlib.sha256(mid.encode()).hexdigest()[:20]
@@ -105,8 +117,6 @@ def scorer_cache_dir(params: LMParams, pool_fingerprint: str):
 
 def prepare_scorer(params: LMParams, pool, device: str | None = None):
     """Load the scorer; for a warm-up, train it once on a random pool slice and cache it."""
-    from thresher.models.load import LoadedModel, load_model, save_model
-    from thresher.models.train import TrainConfig, finetune
 
     n = effective_warmup(params)
     if is_micro(params.model) and n == 0:
@@ -130,8 +140,6 @@ def prepare_scorer(params: LMParams, pool, device: str | None = None):
     cfg = TrainConfig.for_tier(tier, steps=params.warmup_steps, seed=params.warmup_seed)
     model = lm.model
     if cfg.mode == "lora":
-        from thresher.models.train import attach_lora
-
         model = attach_lora(model, cfg)
     finetune(model, lm.tokenizer, recs, cfg, desc="scorer warm-up")
     if cfg.mode == "lora":
@@ -311,8 +319,6 @@ class LMSignal(Signal):
                    "localised errors (max, top 5%, top-k and final-answer token loss), from two batched forward passes per example")
 
     def key(self, pool):
-        from thresher.data.store import SignalKey
-
         sig = self.for_pool(pool)
         if sig is not self:
             return sig.key(pool)
@@ -334,8 +340,6 @@ class LMSignal(Signal):
     def resolved_backend(self) -> str:
         """``hf`` or ``vllm``: ``auto`` takes vLLM when it is installed with CUDA (never for micro)."""
         if self.params.backend == "auto":
-            from thresher.signals.vllm_backend import vllm_available
-
             return "vllm" if not is_micro(self.params.model) and vllm_available() else "hf"
         if self.params.backend == "vllm" and is_micro(self.params.model):
             raise ValueError("backend=vllm: the micro scorer is trained here and has no vLLM build; use backend=hf")
@@ -349,14 +353,11 @@ class LMSignal(Signal):
         scorer resolves on it here (before setup, which loads the model)."""
         self._pool = pool
         if self.params.model == "auto":
-            from thresher.models.load import resolve_scorer
-
             self.params = self.params.model_copy(update={"model": resolve_scorer("auto", pool)})
         return self
 
     def describe_scorer(self) -> str:
         """``scorer: small (SmolLM2-135M-Instruct)``, with the warm-up when there is one."""
-        from thresher.models.load import describe_model
 
         line = f"scorer: {describe_model(self.params.model)}"
         n = effective_warmup(self.params) if self.params.model != "auto" else 0
@@ -399,8 +400,6 @@ class LMSignal(Signal):
     def setup(self) -> None:
         prepared = getattr(self, "_prepared", None)
         if prepared is not None and prepared.get("artifact_dir"):
-            from thresher.models.load import load_model
-
             dtype = None if self.params.dtype == "auto" else self.params.dtype
             self.loaded = load_model(prepared["artifact_dir"], dtype=dtype)
             self.loaded.model_id = prepared["model_id"]
@@ -411,9 +410,6 @@ class LMSignal(Signal):
         self.model.eval()
         self.vllm = None
         if self.resolved_backend() == "vllm":
-            from thresher.models.load import resolve_spec
-            from thresher.signals.vllm_backend import VLLMScorer
-
             path = prepared.get("artifact_dir") if prepared else None
             self.vllm = VLLMScorer(path or resolve_spec(self.params.model)[0])
 

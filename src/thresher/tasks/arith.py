@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thresher.data.pool import Pool, write_jsonl
-from thresher.tasks.base import PromptFormat, Task, TaskItem
+from thresher.tasks.base import (
+    PromptFormat,
+    Task,
+    TaskItem,
+    read_defect_labels,  # noqa: F401  (re-exported: bench and tests import it from here)
+)
 from thresher.tasks.base import defect_counts as _defect_counts
-from thresher.tasks.base import read_defect_labels  # noqa: F401  (re-exported: bench and tests import it from here)
 
 NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kim", "Lu"]
 ITEMS = ["pens", "cups", "apples", "books", "coins", "cards", "eggs", "hats", "rocks", "toys"]

@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from thresher.data.pool import read_jsonl
+
 _NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
 
 
@@ -224,7 +226,6 @@ def read_defect_labels(path: str | os.PathLike) -> dict[str, str]:
 
     Diagnostics only: selectors never call this.
     """
-    from thresher.data.pool import read_jsonl
 
     return {r["id"]: r["defect"] for r in read_jsonl(path)}
 
