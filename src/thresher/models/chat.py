@@ -163,6 +163,17 @@ def _offsets_tokenize(tokenizer, text: str):
 #: with ``max_length`` set, only the first ``max_length * CHARS_PER_TOKEN`` characters of a
 #: rendered conversation are tokenised (a 5 MB example costs what a capped one does)
 CHARS_PER_TOKEN = 8
+
+
+def truncation_note(truncated: int, capped: int, rows: int, max_length: int) -> str | None:
+    """A run's line about long examples: how many were cut to ``max_length`` tokens and how many
+    of those were tokenised only up to the character cap (None when nothing was cut)."""
+    if not truncated:
+        return None
+    note = f"{truncated} of {rows} examples truncated to {max_length} tokens"
+    if capped:
+        note += f" ({capped} longer than {max_length * CHARS_PER_TOKEN} characters, tokenised only that far)"
+    return note
 #: tokens ending this close to the character cut may differ from the whole text's: not kept
 CUT_MARGIN = 64
 

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from thresher.models.chat import encode_pair
+from thresher.models.chat import encode_pair, truncation_note
 from thresher.models.load import (
     describe_model,
     is_micro,
@@ -277,13 +277,7 @@ class HiddenEmbedding(_HiddenBase):
         self.loaded()
 
     def run_note(self, counts: dict[str, int], rows: int) -> str | None:
-        t, c = counts.get(self.TRUNCATED, 0), counts.get(self.CAPPED, 0)
-        if not t:
-            return None
-        note = f"{t} of {rows} examples truncated to {self.params.max_tokens} tokens"
-        if c:
-            note += f" ({c} longer than {self.params.max_tokens * 8} characters, tokenised only that far)"
-        return note
+        return truncation_note(counts.get(self.TRUNCATED, 0), counts.get(self.CAPPED, 0), rows, self.params.max_tokens)
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         vecs, norms, cut = self.embed_conversations([r["messages"] for r in records], on_batch=self.advance)

@@ -59,7 +59,7 @@ from pydantic import Field
 
 from thresher.data.paths import cache_root
 from thresher.data.store import SignalKey
-from thresher.models.chat import DEFAULT_FINAL_MARKERS, encode_pair
+from thresher.models.chat import DEFAULT_FINAL_MARKERS, encode_pair, truncation_note
 from thresher.models.load import (
     LoadedModel,
     describe_model,
@@ -367,13 +367,7 @@ class LMSignal(Signal):
 
     def run_note(self, counts: dict[str, int], rows: int) -> str | None:
         """The run's line about long examples (None when none was cut)."""
-        t, c = counts.get(self.TRUNCATED, 0), counts.get(self.CAPPED, 0)
-        if not t:
-            return None
-        note = f"{t} of {rows} examples truncated to {self.params.max_length} tokens"
-        if c:
-            note += f" ({c} longer than {self.params.max_length * 8} characters, tokenised only that far)"
-        return note
+        return truncation_note(counts.get(self.TRUNCATED, 0), counts.get(self.CAPPED, 0), rows, self.params.max_length)
 
     def prepare(self, pool) -> dict:
         """Driver side of a distributed run: do the warm-up here, once, so workers only load.
