@@ -48,12 +48,9 @@ from thresher.select.autoselection.operators import (
 )
 from thresher.select.autoselection.plots import plot_best_so_far, plot_search_trace
 from thresher.select.autoselection.recipe import parse_recipe_yaml, realised_state
-from thresher.select.autoselection.search import (
-    RandomRecipeSearch,
-    Surrogate,
-    best_so_far,
-    ucb_order,
-)
+from thresher.select.autoselection.search import RandomRecipeSearch
+from thresher.select.autoselection.surrogate import Surrogate, ucb_order
+from thresher.select.autoselection.trace import best_so_far
 from thresher.select.base import SignalView, make_selector
 from thresher.signals.base import make_signal
 from thresher.signals.lm import LM_COLUMNS

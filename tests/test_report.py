@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.select.thtb.selector import StageResult, plot_stage_histogram
+from thresher.select.thtb.report import plot_stage_histogram
+from thresher.select.thtb.stages import StageResult
 
 METHODS = ["full", "random", "ifd", "superfiltering", "alpagasus", "deita", "car", "dsir", "thtb", "tmap", "autoselection",
            "harp-c", "harp-e", "long-answers"]

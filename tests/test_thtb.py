@@ -25,12 +25,11 @@ from thresher.data.store import SignalStore
 from thresher.engine.local import read_signal, run_signal
 from thresher.select.base import SignalView, make_selector
 from thresher.select.thtb.guide import render_guide, thtb_guide
-from thresher.select.thtb.selector import (
+from thresher.select.thtb.hardness import (
     bloom_paper,
     bloom_reference,
     canonical_subject,
     ehs_scores,
-    fractions_for_budget,
     ic_scores,
     ihs_scores,
     interdisciplinary_complexity,
@@ -38,11 +37,10 @@ from thresher.select.thtb.selector import (
     irei_reference,
     mean_pairwise_cosine_distance,
     minmax_with,
-    rank_stage,
     sc_norm,
     silhouette_k,
-    stage_sizes,
 )
+from thresher.select.thtb.stages import fractions_for_budget, rank_stage, stage_sizes
 from thresher.signals.base import make_signal
 
 

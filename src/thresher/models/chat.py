@@ -375,6 +375,8 @@ def encode_prompt(tokenizer, messages) -> list[int]:
     if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + list(ids)
     return list(ids)
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right", masks: list[list[bool]] | None = None):
     """Pad to the longest sequence; returns ids, attention mask (and the padded answer masks)."""
     n = max(len(s) for s in seqs)
@@ -388,3 +390,25 @@ def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "right", masks: li
         if ans is not None:
             ans[i, sl] = masks[i]
     return ids, att, ans
+
+
+def batches_by_length(lengths, token_budget: int, max_rows: int | None = None, min_length: int = 0) -> list[list[int]]:
+    """Indices ``0..n-1`` sorted by length (ties in index order), cut into consecutive batches.
+
+    A batch closes before the sequence that would take its padded size (rows x the longest
+    length in it, each length counted as at least ``min_length``) above ``token_budget``,
+    or its rows above ``max_rows``; a sequence longer than the budget is a batch of its own.
+    With ``min_length=0`` an empty sequence adds no padded tokens; ``min_length=1`` counts it
+    as one token, so empty sequences cannot pile up into one unbounded batch."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out, cur, cur_max = [], [], 0
+    for i in order:
+        L = max(min_length, lengths[i])
+        if cur and (max(cur_max, L) * (len(cur) + 1) > token_budget or (max_rows and len(cur) >= max_rows)):
+            out.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, L)
+    if cur:
+        out.append(cur)
+    return out

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from thresher.models.chat import encode_pair, truncation_note
+from thresher.models.chat import batches_by_length, encode_pair, truncation_note
 from thresher.models.load import (
     describe_model,
     is_micro,
@@ -133,30 +133,14 @@ def final_hidden(model, ids, att):
     return model(input_ids=ids, attention_mask=att, use_cache=False, output_hidden_states=True).hidden_states[-1]
 
 
-def batches_by_length(lengths, token_budget: int, max_rows: int | None = None) -> list[list[int]]:
-    """Indices sorted by length, packed into batches of at most ``token_budget`` padded tokens
-    (and ``max_rows`` rows); a sequence longer than the budget is a batch of its own."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out, cur, cur_max = [], [], 0
-    for i in order:
-        L = max(1, lengths[i])
-        if cur and (max(cur_max, L) * (len(cur) + 1) > token_budget or (max_rows and len(cur) >= max_rows)):
-            out.append(cur)
-            cur, cur_max = [], 0
-        cur.append(i)
-        cur_max = max(cur_max, L)
-    if cur:
-        out.append(cur)
-    return out
-
-
 def pooled_hidden(model, seqs: list[list[int]], pad_id: int, *, pooling: str = "position_weighted",
                   token_budget: int = CPU_TOKEN_BUDGET, max_rows: int | None = None, on_batch=None) -> np.ndarray:
     """Pooled final hidden states [N, d] (float32, not normalised) of token sequences, in their order.
 
-    Length-sorted, right-padded batches (:func:`batches_by_length`); padding is masked out
-    of attention and pooling. An empty sequence gets a zero vector. ``on_batch`` (optional)
-    is called with the number of sequences after every batch.
+    Length-sorted, right-padded batches (:func:`thresher.models.chat.batches_by_length`, an
+    empty sequence counted as one token); padding is masked out of attention and pooling.
+    An empty sequence gets a zero vector. ``on_batch`` (optional) is called with the number
+    of sequences after every batch.
     """
     import torch
 
@@ -165,7 +149,7 @@ def pooled_hidden(model, seqs: list[list[int]], pad_id: int, *, pooling: str = "
     out = np.zeros((n, dim), dtype=np.float32)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for b in batches_by_length([len(s) for s in seqs], token_budget, max_rows):
+        for b in batches_by_length([len(s) for s in seqs], token_budget, max_rows, min_length=1):
             live = [i for i in b if len(seqs[i])]
             if live:
                 lengths = [len(seqs[i]) for i in live]

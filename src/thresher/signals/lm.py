@@ -59,7 +59,12 @@ from pydantic import Field
 
 from thresher.data.paths import cache_root
 from thresher.data.store import SignalKey
-from thresher.models.chat import DEFAULT_FINAL_MARKERS, encode_pair, truncation_note
+from thresher.models.chat import (
+    DEFAULT_FINAL_MARKERS,
+    batches_by_length,
+    encode_pair,
+    truncation_note,
+)
 from thresher.models.load import (
     LoadedModel,
     describe_model,
@@ -222,7 +227,8 @@ def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id
                          full: bool | list[bool] = True, token_ce: bool = False, on_batch=None):
     """For each (ids, answer_mask): (sum CE, sum entropy, sum varentropy, n answer targets).
 
-    Length-sorted dynamic batches; the target at position t+1 counts when its mask is set.
+    Length-sorted dynamic batches (:func:`thresher.models.chat.batches_by_length` under
+    ``token_budget`` padded tokens); the target at position t+1 counts when its mask is set.
     ``full`` (one flag, or one per sequence) says which sequences need entropy and
     varentropy; the others get CE only (cheaper) and NaN in those two sums.
     With ``token_ce=True`` a third value comes back: per sequence, the float64 array of the
@@ -239,19 +245,9 @@ def batched_answer_stats(model, seqs: list[tuple[list[int], list[bool]]], pad_id
     sums[~need, 1:] = np.nan
     counts = np.zeros(n, dtype=np.int64)
     per_token = [np.zeros(0, dtype=np.float64) for _ in range(n)] if token_ce else None
-    order = sorted(range(n), key=lambda i: len(seqs[i][0]))
     parts = _head_parts(model)
     device = next(model.parameters()).device
-    batches, cur, cur_max = [], [], 0
-    for i in order:
-        L = len(seqs[i][0])
-        if cur and max(cur_max, L) * (len(cur) + 1) > token_budget:
-            batches.append(cur)
-            cur, cur_max = [], 0
-        cur.append(i)
-        cur_max = max(cur_max, L)
-    if cur:
-        batches.append(cur)
+    batches = batches_by_length([len(s) for s, _ in seqs], token_budget)
     with torch.inference_mode():
         for b in batches:
             T = max(len(seqs[i][0]) for i in b)

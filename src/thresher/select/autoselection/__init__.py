@@ -9,13 +9,15 @@ Selectors registered here:
   no oracle. See :mod:`.recipe` and ``thresher recipe run``.
 - ``random_recipes``: the baseline of the same budget of random recipes.
 
-Operators: :mod:`.operators`; optional LLM proposer/ranker: :mod:`.llm`; plots: :mod:`.plots`.
+Modules: :mod:`.params` (the selectors' params, the search's :class:`SearchConfig`),
+:mod:`.operators` (the operators, signal settings), :mod:`.recipe` (recipes, their
+execution and realised state, YAML), :mod:`.search` (the search loop),
+:mod:`.proposals` (random recipes, local edits, credit, reseeding), :mod:`.surrogate`
+(features, the GP, UCB), :mod:`.trace` (evaluations, oracle costs, the replayable trace),
+:mod:`.llm` (optional LLM proposer/ranker), :mod:`.report` (diagnostics, artifacts) and
+:mod:`.plots`.
 """
 from __future__ import annotations
-
-from typing import Any, Literal
-
-from pydantic import ConfigDict, Field, field_validator
 
 from thresher.select.autoselection.llm import LLMAdvisor
 from thresher.select.autoselection.operators import (
@@ -25,7 +27,11 @@ from thresher.select.autoselection.operators import (
     operator_catalog,
     register_operator,
 )
-from thresher.select.autoselection.plots import plot_search_trace
+from thresher.select.autoselection.params import (
+    AutoSelectionParams,
+    RecipeParams,
+    SearchConfig,
+)
 from thresher.select.autoselection.recipe import (
     Recipe,
     RecipeError,
@@ -35,19 +41,14 @@ from thresher.select.autoselection.recipe import (
     save_recipe,
     state_signals,
 )
+from thresher.select.autoselection.report import search_diagnostics, write_artifacts
 from thresher.select.autoselection.search import (
     RandomRecipeSearch,
     RecipeSearch,
-    SearchConfig,
     library_signals,
-    read_trace,
 )
-from thresher.select.base import (
-    Selector,
-    SelectorParams,
-    register_selector,
-    unique_signals,
-)
+from thresher.select.autoselection.trace import read_trace
+from thresher.select.base import Selector, register_selector, unique_signals
 
 __all__ = [
     "OPERATORS",
@@ -66,7 +67,6 @@ __all__ = [
     "operator_catalog",
     "read_trace",
     "register_operator",
-
     "save_recipe",
 ]
 
@@ -83,50 +83,6 @@ def _check_task(settings: SignalSettings, task) -> None:
 
 
 # --------------------------------------------------------------------------- the search
-
-
-class AutoSelectionParams(SearchConfig):
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
-    signals: SignalSettings = Field(default_factory=SignalSettings, description="which stored signals operators and the state read")
-    llm: dict[str, Any] | None = Field(None, description="LLM endpoint settings (url, model, api_key_env, ...) for proposer/ranker 'llm'")
-    trace_path: str | None = Field(None, description="trace JSONL (default: <artifacts>/trace.jsonl); a rerun resumes from it")
-    budget_mode: Literal["free", "cap"] = Field(
-        "cap", description="cap (default): cap every subset at the budget k, so a selection never exceeds the budget "
-        "typed (a recipe may keep fewer); free: the recipe sets the size (k only in budget_used), the paper's form")
-
-
-def _artifacts(sel: Selector, result, search: RecipeSearch, title: str) -> list[str]:
-    """Write the best recipe (YAML) and the trace plot into the artifacts folder; list them."""
-    if sel.artifacts_dir is None:
-        return []
-
-    out = []
-    save_recipe(result.best.recipe, sel.artifacts_dir / "best_recipe.yaml", settings=search.ctx.settings,
-                name=f"{search.method} seed {search.seed} best", description=f"dev score {result.best.score:.4f}")
-    out.append("best_recipe.yaml")
-    plot_search_trace([e.line() for e in result.history], sel.artifacts_dir / "search.png", title=title)
-    out.append("search.png")
-    if search.trace.path is not None and search.trace.path.parent == sel.artifacts_dir:
-        out.append(search.trace.path.name)
-    return out
-
-
-def _diagnostics(result, search: RecipeSearch) -> dict:
-    best = result.best
-    return {
-        "best_recipe": best.recipe.to_list(), "best_describe": best.recipe.describe(), "best_index": best.index,
-        "best_dev_score": best.score, "best_state": best.execution.state.to_dict(), "best_steps": best.execution.steps,
-        "evaluations": len(result.history), "oracle_budget": search.config.oracle_budget,
-        "budget_counting": "distinct subsets evaluated by this search (cached oracle results cost no compute but count)",
-        "budget_mode": search.config.budget_mode, "k": search.k,
-        "best_so_far": [round(v, 6) for v in result.curve()],
-        "scores": [round(e.score, 6) for e in result.history], "phases": [e.phase for e in result.history],
-        "trajectories": search.trajectory + 1, "credit": {n: {"credit": round(c["credit"], 6), "count": c["count"]}
-                                                          for n, c in sorted(result.credit.items())},
-        "library": search.library, "stats": result.stats,
-        "trace": str(search.trace.path) if search.trace.path else None,
-    }
 
 
 class _SearchSelector(Selector):
@@ -155,11 +111,11 @@ class _SearchSelector(Selector):
         result = search.run()
         # work done in earlier sessions and replayed from the trace: the selection's cost includes it
         self.replayed_cost = search.replayed_cost()
-        diag = _diagnostics(result, search)
+        diag = search_diagnostics(result, search)
         if search.advisor is not None:
             diag["llm"] = search.advisor.stats
             search.advisor.close()
-        diag["artifacts"] = _artifacts(self, result, search, f"{self.name} seed {seed}")
+        diag["artifacts"] = write_artifacts(self, result, search, f"{self.name} seed {seed}")
         return result.ids, diag
 
 
@@ -178,18 +134,6 @@ class RandomRecipesSelector(_SearchSelector):
 
 
 # --------------------------------------------------------------------------- a fixed recipe
-
-
-class RecipeParams(SelectorParams):
-    recipe: str | list[Any] = Field(..., description="a recipe YAML path (or YAML text), or a list of {operator: params}")
-    signals: SignalSettings | None = Field(None, description="signal settings (default: the recipe file's 'signals', else defaults)")
-    cap_to_budget: bool = Field(False, description="cap the subset at the budget k (seeded, source-stratified); else k only sets budget_used")
-
-    @field_validator("recipe")
-    @classmethod
-    def _parse(cls, v):
-        as_recipe(v)  # raises a RecipeError (a ValueError) naming the file, step and line
-        return v
 
 
 @register_selector

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.select.autoselection.search import best_so_far
+from thresher.select.autoselection.trace import best_so_far
 
 PHASE_COLOURS = {"warmup": "tab:gray", "edit": "tab:blue", "reseed": "tab:orange", "random": "tab:green"}
 

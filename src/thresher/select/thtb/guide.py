@@ -42,17 +42,17 @@ from thresher.data.pool import as_pool, load_pool
 from thresher.data.store import SignalStore, default_store
 from thresher.engine.local import run_signal
 from thresher.select.base import SignalView
-from thresher.select.thtb.selector import (
-    THTBSelector,
+from thresher.select.thtb.hardness import (
     canonical_subject,
     ehs_scores,
     ihs_scores,
     interdisciplinary_complexity,
     irei_paper,
     irei_reference,
-    quantiles,
     sc_norm,
 )
+from thresher.select.thtb.report import quantiles
+from thresher.select.thtb.selector import THTBSelector
 from thresher.signals.heuristics import BLOOM_LEVEL_NAMES
 
 HIGHER_ORDER = ("Analyze", "Evaluate", "Create")
