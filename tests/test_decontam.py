@@ -14,12 +14,14 @@ import pytest
 from thresher.data.pool import Pool, load_pool
 from thresher.decontam import (
     DecontaminationOffWarning,
+    EvalIndex,
     decontaminate,
     exclude_test_overlap,
     gram_hashes,
     normalise_text,
 )
 from thresher.tasks.arith import ArithConfig, ArithTestbed
+from thresher.tasks.base import TaskItem
 
 ARITH = {"pool_size": 300, "dev_size": 40, "test_size": 60}
 
@@ -117,6 +119,65 @@ def test_minhash_alone_finds_the_reworded_copy(gsm8k_planted):
     # with an n longer than the question, the n-gram rule needs the whole question: the reword escapes it
     long_n = decontaminate(sub.subset(["p-near"]), task, rules=("exact", "ngram"), n=200, splits=("test",))
     assert long_n.splits["test"].contaminated == 0
+
+
+def datasketch_near_duplicates(ix: EvalIndex, texts: list[str]) -> list[list[tuple[int, float]]]:
+    """The minhash rule as it was written on datasketch: index the eval texts' MinHashes in a
+    ``MinHashLSH``, query each text, keep candidates with >= threshold * num_perm equal values."""
+    from datasketch import MinHash, MinHashLSH
+
+    from thresher.decontam import text_words
+    from thresher.signals.dedup import _lsh_index, word_shingles
+
+    evals = []  # (item, text): each question, and each solution of >= n words (EvalIndex's texts)
+    for k, (_, it) in enumerate(ix.items):
+        evals.append((k, " ".join(text_words(it.question))))
+        if len(text_words(it.target)) >= ix.n:
+            evals.append((k, " ".join(text_words(it.target))))
+    lsh = _lsh_index(MinHashLSH, ix.threshold, ix.num_perm)
+    sketches = {}
+    for j, (_, t) in enumerate(evals):
+        if len(t.split()) >= ix.shingle:
+            sketches[j] = MinHash(num_perm=ix.num_perm, seed=ix.seed)
+            sketches[j].update_batch(word_shingles(t, ix.shingle))
+            lsh.insert(j, sketches[j])
+    out = []
+    for t in texts:
+        m = MinHash(num_perm=ix.num_perm, seed=ix.seed)
+        m.update_batch(word_shingles(t, ix.shingle))
+        hits: dict[int, float] = {}
+        for j in ([] if m.is_empty() else lsh.query(m)):
+            same = int(np.count_nonzero(sketches[j].hashvalues == m.hashvalues))
+            if same >= ix.threshold * ix.num_perm:
+                k = evals[j][0]
+                hits[k] = max(hits.get(k, 0.0), same / ix.num_perm)
+        out.append(sorted(hits.items()))
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.6, 0.8, 0.99])
+def test_minhash_rule_finds_what_the_datasketch_index_finds(threshold):
+    pytest.importorskip("datasketch")
+    rng = np.random.default_rng(5)
+    vocab = [f"v{i}" for i in range(300)]
+    items = []
+    for k in range(40):
+        q = " ".join(rng.choice(vocab, int(rng.integers(8, 60))))
+        target = " ".join(rng.choice(vocab, 30)) if k % 4 == 0 else ""
+        items.append(("test", TaskItem(id=f"t{k}", question=q, answer="1", target=target)))
+    queries = []
+    for k, (_, it) in enumerate(items):
+        w = it.question.split()
+        for changed in (0, 1, 2, 4):  # words replaced near the end: Jaccard falls with each
+            queries.append(" ".join(w[:len(w) - changed] + ["new"] * changed).upper())
+        if it.target:
+            queries.append(it.target + " and that is all")
+    queries += ["", "?!", "v1 v2", " ".join(rng.choice(vocab, 40))]
+    ix = EvalIndex(items, rules=("minhash",), threshold=threshold)
+    got = ix.near_duplicates(queries)
+    assert got == datasketch_near_duplicates(ix, queries)
+    found = sum(bool(g) for g in got)
+    assert found == {0.6: 160, 0.8: 126, 0.99: 40}[threshold]  # the 40 case-changed copies, more as it falls
 
 
 # --------------------------------------------------------------------------- arith: short questions

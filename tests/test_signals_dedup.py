@@ -13,6 +13,7 @@ from thresher.engine.local import read_signal, run_signal
 from thresher.signals.base import VECTORS, make_signal
 from thresher.signals.dedup import (
     SemanticDedup,
+    _lsh_index,
     exact_key,
     groups_from_pairs,
     minhash_clusters,
@@ -20,6 +21,8 @@ from thresher.signals.dedup import (
     semantic_groups,
     word_shingles,
 )
+from thresher.signals.minhash import minhash_signatures, sha1_hash32
+from thresher.signals.minhash_lsh import lsh_bands
 
 
 def chat(i: int, user: str, answer: str) -> dict:
@@ -125,6 +128,102 @@ def test_minhash_texts_without_words_stay_alone():
     assert cols["minhash_cluster"].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="threshold"):
         make_signal("minhash", threshold=1.5)
+
+
+# --------------------------------------------------------------------------- MinHash: the vectorised path equals datasketch
+
+# ASCII and not (case folding, final sigma, CJK, a no-break space, a NUL), texts of one to four
+# words, a shingle longer than one SHA-1 block, no word at all
+ODD_TEXTS = [
+    "The quick brown fox jumps over the lazy dog, then naps.",
+    "Straße ÉTÉ naïve ΟΔΟΣ ΣΑΣ 東京 タワー x_y 42",
+    "snake_case CamelCase\x00nul\u00a0nbsp\ttab  end",
+    "one", "two words", "three little words", "four words in all",
+    " ".join(["supercalifragilisticexpialidocious" * 2] * 6),
+    "", "?!  ...", "\n",
+]
+
+
+def test_sha1_hash32_equals_hashlib_across_block_boundaries():
+    msgs = [bytes(range(97, 97 + (n % 26))) * (n // 26 + 1) for n in (0, 1, 54, 55, 56, 63, 64, 119, 120, 200)]
+    msgs = [m[:n] for m, n in zip(msgs, (0, 1, 54, 55, 56, 63, 64, 119, 120, 200))]
+    buf = np.frombuffer(b"".join(msgs), dtype=np.uint8)
+    lengths = np.array([len(m) for m in msgs])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    expected = [int.from_bytes(hashlib.sha1(m).digest()[:4], "little") for m in msgs]
+    assert sha1_hash32(buf, starts, lengths).tolist() == expected
+
+
+@pytest.mark.parametrize(("num_perm", "seed", "ngram"), [(128, 1, 5), (64, 7, 3)])
+def test_minhash_signatures_equal_datasketch_hashvalues(num_perm, seed, ngram):
+    datasketch = pytest.importorskip("datasketch")
+    texts = ODD_TEXTS + [" ".join(words(s, 30 + 7 * s)) for s in range(5)]
+    sig, has = minhash_signatures(texts, num_perm=num_perm, ngram=ngram, seed=seed, batch=4)
+    assert sig.dtype == np.uint32 and sig.shape == (len(texts), num_perm)
+    for i, t in enumerate(texts):
+        m = datasketch.MinHash(num_perm=num_perm, seed=seed)
+        m.update_batch(word_shingles(t, ngram))
+        assert sig[i].tolist() == m.hashvalues.tolist(), repr(t)
+        assert has[i] == (not m.is_empty()) == bool(word_shingles(t, ngram)), repr(t)
+    assert has.tolist().count(False) == 3 and (sig[~has] == 2**32 - 1).all()
+
+
+def test_lsh_bands_are_datasketchs_and_lowered_where_it_cannot_band():
+    datasketch = pytest.importorskip("datasketch")
+    for num_perm in (32, 128):
+        for t in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0):
+            lsh = _lsh_index(datasketch.MinHashLSH, t, num_perm)
+            assert lsh_bands(t, num_perm) == (lsh.b, lsh.r), (t, num_perm)
+    assert lsh_bands(0.8, 128) == (9, 13) and lsh_bands(0.99, 128) == (4, 32)  # 0.99: banded at 0.94
+    with pytest.raises(ValueError, match="num_perm=2"):
+        lsh_bands(0.9, 2)
+
+
+def near_duplicate_corpus(n_sources: int = 60) -> list[str]:
+    """Sources of 20 to 120 words, each followed by copies with words deleted, swapped or
+    inserted at 1 to 20%, an exact copy in another case, and texts without words."""
+    rng = random.Random(3)
+    texts = []
+    for s in range(n_sources):
+        src = words(100 + s, rng.randrange(20, 120))
+        texts.append(" ".join(src))
+        for rate in (0.01, 0.01, 0.02, 0.05, 0.1, 0.2):
+            w = list(src)
+            for _ in range(max(1, round(rate * len(w)))):
+                p = rng.randrange(len(w) - 1)
+                op = rng.choice(("delete", "swap", "insert"))
+                if op == "delete":
+                    del w[p]
+                elif op == "swap":
+                    w[p], w[p + 1] = w[p + 1], w[p]
+                else:
+                    w.insert(p, "inserted")
+            texts.append(" ".join(w))
+        if s % 5 == 0:
+            texts.append(" ".join(src).upper())
+        if s % 20 == 0:
+            texts.append("!?")
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.99])
+def test_minhash_clusters_equal_the_datasketch_implementation(threshold):
+    pytest.importorskip("datasketch")
+    texts = near_duplicate_corpus()
+    ids, sizes, empty = minhash_clusters(texts, threshold=threshold)
+    ref_ids, ref_sizes, ref_empty = minhash_clusters(texts, threshold=threshold, backend="datasketch")
+    assert ids.tolist() == ref_ids.tolist()
+    assert sizes.tolist() == ref_sizes.tolist()
+    assert empty == ref_empty == 3
+    # not a trivial partition: families of near copies are linked (at 0.99 only the case-changed copies)
+    assert len(set(ids.tolist())) < len(texts) - 10
+    assert sizes.max() == {0.5: 7, 0.8: 5, 0.99: 2}[threshold]
+
+
+def test_minhash_clusters_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be 'numpy' or 'datasketch'"):
+        minhash_clusters(["a b c"], backend="rensa")
 
 
 # --------------------------------------------------------------------------- semantic

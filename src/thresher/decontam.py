@@ -19,10 +19,10 @@ with the task's dev and test items under three rules:
     ``min_words`` words (default 5) a question is checked by the ``exact`` rule only.
 ``minhash``
     near duplicates: MinHash over word ``shingle``-grams (5, 128 permutations, the
-    ``minhash`` signal's hashing: :func:`thresher.signals.dedup.word_shingles`, banded by
-    the same ``MinHashLSH`` set-up), a pool text is contaminated when its estimated Jaccard
-    similarity with an eval question (or long solution) reaches ``threshold`` (0.8). Texts
-    shorter than ``shingle`` words are left to ``exact``.
+    ``minhash`` signal's hashing and banding: :mod:`thresher.signals.minhash`, the values and
+    bands of datasketch's ``MinHash`` and ``MinHashLSH``), a pool text is contaminated when
+    its estimated Jaccard similarity with an eval question (or long solution) reaches
+    ``threshold`` (0.8). Texts shorter than ``shingle`` words are left to ``exact``.
 
 Speed: nothing is compared pairwise. The eval texts' n-grams are hashed (64 bits, from
 the ids of an eval-only vocabulary: a pool n-gram with a word the eval texts never use
@@ -54,7 +54,8 @@ import numpy as np
 
 from thresher.data.pool import Pool, assistant_text, user_text
 from thresher.progress import progress
-from thresher.signals.dedup import _lsh_index, word_shingles
+from thresher.signals.minhash import minhash_signatures
+from thresher.signals.minhash_lsh import BandIndex, lsh_bands
 from thresher.tasks.base import DevTask, Task, TaskItem
 
 RULES = ("exact", "ngram", "minhash")
@@ -243,39 +244,30 @@ class EvalIndex:
             self._build_lsh([(i, " ".join(ws)) for i, (_, ws) in enumerate(texts) if len(ws) >= shingle])
 
     def _build_lsh(self, texts: list[tuple[int, str]]) -> None:
-        try:
-            from datasketch import MinHash, MinHashLSH
-        except ImportError as e:
-            raise ImportError("the minhash rule needs datasketch (pip install 'thresher[dedup]'), or leave it out "
-                              "(rules=('exact', 'ngram'))") from e
-        self._MinHash = MinHash
-        self._lsh = _lsh_index(MinHashLSH, self.threshold, self.num_perm)
-        self._hashvalues = np.zeros((len(self.text_item), self.num_perm), dtype=np.uint64)
-        shingles = (word_shingles(t, self.shingle) for _, t in texts)
-        for (i, _), mh in zip(texts, MinHash.generator(shingles, num_perm=self.num_perm, seed=self.seed)):
-            self._hashvalues[i] = mh.hashvalues
-            self._lsh.insert(i, mh, check_duplication=False)
+        """MinHash signatures of the eval texts (``(text index, text)``), banded for lookups."""
+        sig, has = minhash_signatures([t for _, t in texts], num_perm=self.num_perm, ngram=self.shingle, seed=self.seed)
+        self._lsh_text = np.array([i for i, _ in texts], dtype=np.int64)  # band-index row -> eval text
+        self._lsh = BandIndex(sig, has, lsh_bands(self.threshold, self.num_perm))
 
     def ids(self, words: list[str]) -> np.ndarray:
         """Vocabulary ids of ``words`` (1 for a word no eval text has)."""
         return np.fromiter(map(self.vocab.get, words, repeat(_OOV_ID)), dtype=np.int64, count=len(words))
 
     def near_duplicates(self, texts: Iterable[str]) -> list[list[tuple[int, float]]]:
-        """Per text: the (eval item, estimated Jaccard) pairs at or above the threshold."""
-        out = []
-        need = self.threshold * self.num_perm
-        shingles = (word_shingles(t, self.shingle) for t in texts)
-        for mh in self._MinHash.generator(shingles, num_perm=self.num_perm, seed=self.seed):
-            hits: dict[int, float] = {}
-            if not mh.is_empty():
-                hv = mh.hashvalues
-                for j in self._lsh.query(mh):
-                    same = int(np.count_nonzero(self._hashvalues[j] == hv))
-                    if same >= need:
-                        k = self.text_item[j]
-                        hits[k] = max(hits.get(k, 0.0), same / self.num_perm)
-            out.append(sorted(hits.items()))
-        return out
+        """Per text: the (eval item, estimated Jaccard) pairs at or above the threshold, by item.
+
+        A pair is a candidate when the two MinHash signatures share one LSH band
+        (:func:`thresher.signals.minhash_lsh.lsh_bands`), kept when its share of equal values is
+        ``>= threshold``; an item's value is the largest over its texts (question, solution)."""
+        texts = list(texts)
+        sig, has = minhash_signatures(texts, num_perm=self.num_perm, ngram=self.shingle, seed=self.seed)
+        q, j, same = self._lsh.query(sig, has)
+        keep = same >= self.threshold * self.num_perm
+        hits: list[dict[int, float]] = [{} for _ in texts]
+        for t, row, n_same in zip(q[keep].tolist(), j[keep].tolist(), same[keep].tolist()):
+            k = self.text_item[int(self._lsh_text[row])]
+            hits[t][k] = max(hits[t].get(k, 0.0), n_same / self.num_perm)
+        return [sorted(h.items()) for h in hits]
 
 
 # --------------------------------------------------------------------------- the report

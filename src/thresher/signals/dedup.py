@@ -8,9 +8,10 @@ occurrence) is the example whose position equals its group id.
 - ``exact_dedup`` (example scope): ``exact_key``, the SHA-256 hex digest of the
   normalised user and answer text (lower-case, whitespace runs collapsed to one space,
   stripped).
-- ``minhash`` (pool scope): near-duplicate clusters: MinHash (datasketch) over word
-  5-gram shingles, LSH candidate pairs kept when their estimated Jaccard similarity
-  reaches the threshold, clusters = connected components of those pairs.
+- ``minhash`` (pool scope): near-duplicate clusters: MinHash over word 5-gram shingles,
+  LSH candidate pairs kept when their estimated Jaccard similarity reaches the threshold,
+  clusters = connected components of those pairs (datasketch's hash values and banding,
+  computed vectorised by :mod:`thresher.signals.minhash`).
 - ``semantic_dedup`` (pool scope): within each k-means cluster, examples whose
   embeddings have cosine >= threshold are linked; groups = connected components.
 """
@@ -36,6 +37,8 @@ from thresher.signals.geometry import (
     resolve_backend,
     unit_rows,
 )
+from thresher.signals.minhash import minhash_signatures
+from thresher.signals.minhash_lsh import lsh_bands, near_duplicate_edges
 
 _SPACES = re.compile(r"\s+")
 _WORDS = re.compile(r"\w+")
@@ -135,24 +138,51 @@ def _lsh_index(lsh_class, threshold: float, num_perm: int):
                      "use more permutations")
 
 
+MinHashBackend = Literal["numpy", "datasketch"]
+
+
 def minhash_clusters(texts: list[str], *, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 1,
-                     show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+                     backend: MinHashBackend = "numpy", show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Near-duplicate clusters of ``texts``: (cluster id = smallest position, cluster size, texts without words).
 
-    Each text's MinHash (``datasketch.MinHash(num_perm, seed)``) goes into a
-    ``MinHashLSH(threshold, num_perm)`` (see :func:`_lsh_index` for thresholds above what
-    datasketch can band); before inserting text i we query the index,
-    and every earlier text j it returns whose estimated Jaccard (share of equal hash
-    values) is >= threshold is linked to i. Texts without any word get no MinHash and
-    stay alone (their number is returned).
+    Each text's MinHash is ``datasketch.MinHash(num_perm, seed)`` (datasketch >= 2.0) over its
+    :func:`word_shingles`; texts i, j are linked when they share one band of the
+    ``MinHashLSH(threshold, num_perm)`` banding (see :func:`_lsh_index` for thresholds above what
+    datasketch can band) and their estimated Jaccard (share of equal hash values) is >= threshold;
+    clusters are the connected components. Texts without any word get no MinHash and stay alone
+    (their number is returned).
+
+    ``backend="numpy"`` (default) computes exactly this, vectorised (:mod:`thresher.signals.minhash`
+    and :mod:`thresher.signals.minhash_lsh`: the same hash values, bands and verification, hence
+    the same clusters; memory: the uint32 signatures, 4 * num_perm bytes a text, 512 MB for 1M
+    texts at 128); ``"datasketch"`` runs datasketch itself text by text (query the index, verify,
+    insert): the reference, about 4x slower (``benchmarks/bench_minhash.py``); with datasketch
+    older than 2.0 (its "legacy" hash scheme) its values and clusters differ.
     """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"minhash: threshold must be in (0, 1], got {threshold}")
+    if backend == "datasketch":
+        return _minhash_clusters_datasketch(texts, threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed,
+                                            show_progress=show_progress)
+    if backend != "numpy":
+        raise ValueError(f"minhash: backend must be 'numpy' or 'datasketch', got {backend!r}")
+    bands = lsh_bands(threshold, num_perm)
+    sig, has = minhash_signatures(texts, num_perm=num_perm, ngram=ngram, seed=seed, show_progress=show_progress)
+    left, right = near_duplicate_edges(sig, has, threshold, bands, show_progress=show_progress)
+    ids, sizes = groups_from_pairs(len(texts), left, right)
+    return ids, sizes, int(len(texts) - np.count_nonzero(has))
+
+
+def _minhash_clusters_datasketch(texts: list[str], *, threshold: float, num_perm: int, ngram: int, seed: int,
+                                 show_progress: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`minhash_clusters` by datasketch, text by text: before inserting text i, every earlier
+    text j the index returns whose share of equal hash values is >= threshold is linked to i."""
     try:
         from datasketch import MinHash, MinHashLSH
     except ImportError as e:
-        raise ImportError("the minhash signal needs datasketch (pip install 'thresher[dedup]' or pip install datasketch)") from e
+        raise ImportError("the minhash datasketch backend needs datasketch (pip install 'thresher[dedup]' or pip install "
+                          "datasketch)") from e
 
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"minhash: threshold must be in (0, 1], got {threshold}")
     n = len(texts)
     lsh = _lsh_index(MinHashLSH, threshold, num_perm)
     hashvalues: np.ndarray | None = None
