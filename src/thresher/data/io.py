@@ -71,14 +71,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kw) -> Path:
     return atomic_write_text(path, json.dumps(obj, **dumps_kw))
 
 
-def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], Any]) -> Path:
-    """Build a folder with ``fill(tmp_dir)`` and rename it into place (replacing an old one)."""
+def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], Any], *, replace: bool = True) -> Path:
+    """Build a folder with ``fill(tmp_dir)`` and rename it into place (replacing an old one).
+
+    ``replace=False`` is for content-addressed caches: when the folder is already there once
+    ``fill`` is done (another process built it meanwhile), the new copy is discarded and the
+    folder that readers may be reading is left untouched."""
     path = Path(path)
     tmp = tmp_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         fill(tmp)
+        if not replace:
+            try:
+                os.rename(tmp, path)  # fails when a non-empty folder is there: the first build wins
+            except OSError:
+                if not path.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+            return path
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -185,7 +185,9 @@ class AlpaGasusSelector(Selector):
 
 
 class EmbeddingUser(QualityParams):
-    embed_model: str = Field("minilm", description="sentence encoder of the embedding signal")
+    embed_model: str = Field("auto", description="sentence encoder of the embedding signal: auto (static on large pools, "
+                                                 "else minilm: thresher.signals.embed.resolve_encoder), minilm, static, "
+                                                 "or a sentence-transformers name or path")
     embed_text: Literal["user", "answer", "all"] = Field("all", description="what the embedding signal embeds")
 
     def embedding(self):

@@ -47,6 +47,8 @@ class Signal:
     heavy: ClassVar[bool] = False
     #: the ``model`` param is the scorer: ``model="auto"`` resolves on the pool (:meth:`for_pool`)
     scorer_model: ClassVar[bool] = False
+    #: the param naming the sentence encoder (where there is one): ``"auto"`` resolves on the pool (:meth:`for_pool`)
+    encoder_param: ClassVar[str] = "embed_model"
 
     def __init__(self, **params: Any):
         self.params = validate_params(self.Params, params, f"signal {self.name!r}")
@@ -56,11 +58,18 @@ class Signal:
 
     def for_pool(self, pool) -> Signal:
         """This signal as it runs on ``pool``: a scorer ``model="auto"`` becomes the model it
-        resolves to there (:func:`thresher.models.load.resolve_scorer`), so ``auto`` never
-        enters a cache key; otherwise the signal itself."""
+        resolves to there (:func:`thresher.models.load.resolve_scorer`) and a sentence encoder
+        ``"auto"`` (the :attr:`encoder_param`) the encoder it resolves to for the pool's size
+        (:func:`thresher.signals.embed.resolve_encoder`), so ``auto`` never enters a cache
+        key; otherwise the signal itself."""
+        update: dict[str, Any] = {}
         if self.scorer_model and getattr(self.params, "model", None) == "auto":
-            return type(self)(**{**self.params.model_dump(), "model": resolve_scorer("auto", pool)})
-        return self
+            update["model"] = resolve_scorer("auto", pool)
+        if getattr(self.params, self.encoder_param, None) == "auto":
+            from thresher.signals.embed import resolve_encoder
+
+            update[self.encoder_param] = resolve_encoder("auto", len(pool) if pool is not None else None)
+        return type(self)(**{**self.params.model_dump(), **update}) if update else self
 
     def advance(self, n: float) -> None:
         """Report ``n`` more examples of the current shard done (for the engine's progress bar)."""

