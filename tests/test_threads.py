@@ -104,3 +104,34 @@ def test_threads_option_is_on_every_heavy_command():
     for cmd in ("score", "select", "train", "eval", "bench", "demo"):
         res = CliRunner().invoke(app, [cmd, "--help"])
         assert res.exit_code == 0 and "--threads" in res.output, cmd
+
+
+def test_tokenizer_threads_enables_rust_parallelism_inside_the_block_only(monkeypatch):
+    from thresher.threads import tokenizer_threads
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    with tokenizer_threads(1) as n:
+        assert n == 1 and os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    with tokenizer_threads(2) as n:
+        assert n == 2 and os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    with pytest.raises(RuntimeError):
+        with tokenizer_threads(2):
+            raise RuntimeError("boom")
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+    with pytest.raises(ConfigError):
+        with tokenizer_threads(0):
+            pass
+
+
+def test_token_counts_do_not_depend_on_tokenizer_threads():
+    from thresher.models.load import load_tokenizer
+    from thresher.threads import tokenizer_threads
+
+    tok = load_tokenizer("small")
+    texts = [f"Item {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 7) for i in range(300)]
+    one = [len(t) for t in tok(texts, add_special_tokens=False)["input_ids"]]
+    with tokenizer_threads(2):
+        two = [len(t) for t in tok(texts, add_special_tokens=False)["input_ids"]]
+    assert one == two and sum(one) > 3000

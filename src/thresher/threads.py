@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from thresher.errors import ConfigError
 
@@ -118,3 +120,26 @@ def set_threads(n: int | None) -> int:
         for var in _LIB_ENV:
             os.environ[var] = str(used)
     return used
+
+
+@contextmanager
+def tokenizer_threads(n: int | None = None) -> Iterator[int]:
+    """Inside the block, Hugging Face's Rust tokenizers split a batch call over ``n`` threads
+    (default: :func:`threads_for` one worker). thresher keeps ``TOKENIZERS_PARALLELISM=false``
+    elsewhere (a forked worker must not inherit a running thread pool); here it is ``true`` and
+    restored after. The pool's size is read once per process, when it first starts
+    (``RAYON_NUM_THREADS``, set here if unset). With ``n == 1`` nothing changes. Yields ``n``."""
+    n = threads_for(1) if n is None else _check(n, "threads")
+    if n <= 1:
+        yield 1
+        return
+    os.environ.setdefault("RAYON_NUM_THREADS", str(n))
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield n
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old

@@ -71,6 +71,7 @@ import numpy as np
 from thresher.data.io import atomic_dir, atomic_write_json
 from thresher.data.paths import cache_root
 from thresher.progress import progress
+from thresher.threads import tokenizer_threads
 
 #: bump when the distillation changes what the matrix holds (part of every cache key)
 RECIPE_VERSION = 1
@@ -247,7 +248,8 @@ _CHARS_PER_TOKEN = 10
 
 def encode_flat(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(pieces per text, concatenated ids) of ``tokenizer.encode_batch_fast`` without special tokens."""
-    lists = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    with tokenizer_threads():  # the Rust tokenizer over the process's thread budget
+        lists = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
     lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     return lens, np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
 

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from thresher.models.load import load_tokenizer, model_identity, quiet_length_warning
 from thresher.signals.base import Signal, SignalParams, register_signal
+from thresher.threads import tokenizer_threads
 
 
 class TextParams(SignalParams):
@@ -43,8 +44,9 @@ class TextStats(Signal):
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         users = ["\n\n".join(m["content"] for m in r["messages"] if m["role"] != "assistant") for r in records]
         answers = ["\n\n".join(m["content"] for m in r["messages"] if m["role"] == "assistant") for r in records]
-        tu = self.tokenizer(users, add_special_tokens=False)["input_ids"]
-        ta = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
+        with tokenizer_threads():  # the Rust tokenizer over the process's thread budget
+            tu = self.tokenizer(users, add_special_tokens=False)["input_ids"]
+            ta = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
         cu = np.array([len(u) for u in users], dtype=np.int64)
         ca = np.array([len(a) for a in answers], dtype=np.int64)
         ku = np.array([len(t) for t in tu], dtype=np.int64)
