@@ -1,6 +1,9 @@
 """The comparison baselines on hand cases and small real stores."""
 from __future__ import annotations
 
+import random
+import zlib
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,13 @@ from thresher.data.store import SignalStore
 from thresher.engine.local import run_signal
 from thresher.select.base import SignalView, make_selector
 from thresher.select.baselines import hashed_ngrams, repr_filter
+from thresher.select.dsir_features import (
+    PoolNgrams,
+    _hashed_ngrams_reference,
+    _shift,
+    _word_crcs,
+    hashed_ngram_batch,
+)
 from thresher.select.quality import minmax, quality_source, rank_normalise
 from thresher.signals.base import make_signal
 
@@ -43,9 +53,99 @@ def test_repr_filter_is_the_sequential_rule():
     assert kept == [0, 2] and scanned == 3
 
 
+def test_repr_filter_blocks_equal_the_one_by_one_rule():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 8))
+    x = np.concatenate([base, base[:60] + 0.05 * rng.standard_normal((60, 8))])  # 60 near-copies
+    emb = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    order = rng.permutation(len(emb))
+
+    def one_by_one(k, threshold):
+        kept = []
+        for pos, i in enumerate(order):
+            if not kept or float((emb[kept] @ emb[i]).max()) < threshold:
+                kept.append(int(i))
+                if len(kept) == k:
+                    return kept, pos + 1
+        return kept, len(order)
+
+    for k, threshold in ((200, 0.9), (1000, 0.9), (50, 0.6)):
+        expected = one_by_one(k, threshold)
+        assert 0 < len(expected[0]) <= k
+        for block in (1, 7, 256):
+            assert repr_filter(emb, order, k, threshold, block=block) == expected, (k, threshold, block)
+    kept, scanned = repr_filter(emb, order, 1000, 0.9)
+    assert scanned == len(emb) and len(kept) < len(emb)  # near-copies were rejected
+
+
 def test_hashed_ngrams_are_stable_and_count_bigrams():
     a = hashed_ngrams("Ann has 3 pens", 1000, 2)
     assert len(a) == 4 + 3 and (a == hashed_ngrams("ann HAS 3 pens!", 1000, 2)).all()
+    assert a.tolist() == [zlib.crc32(g.encode()) % 1000 for g in ("ann", "has", "3", "pens", "ann has", "has 3", "3 pens")]
+
+
+# Texts the batched featuriser must hash exactly like the per-gram reference: empty, no words,
+# one word, words of 1..4-byte UTF-8 characters, Greek final sigma and Turkish dotted I (whose
+# lower-casing changes length), combining marks, non-ASCII digits and letters, underscores,
+# NUL and newlines between words, words over 64 bytes (hashed by zlib), lone surrogates.
+HAND_TEXTS = [
+    "", "   ", "!?", "one", "Ann has 3 pens", "ann HAS 3 pens!", "a b", "a b c", "x\ny\n\nz",
+    "ΟΔΟΣ ΣΙΣΥΦΟΣ σς Σ", "İstanbul ĞÜŞ İİ", "中文 字符,测试。", "😀 emoji x😀y 𝔘𝔫𝔦", "cafe\u0301 naïve Ⅻ ²3 ٣٤",
+    "snake_case __init__ _", "a\x00b c\td", "x" * 70 + " " + "é" * 40 + " " + "中" * 30 + " y", "word " * 50,
+    "lone \ud800 surrogate \udfff x", "ǅungla ﬃ ß ẞ",
+]
+
+
+def fuzz_texts(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = "abcXYZ0189 _-.,\n\téßΣσςİı中文😀\u0301²٣Ⅻ\x00"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(count)]
+
+
+def test_crc32_combine_rule_matches_zlib():
+    """crc32(a + b) from crc32(a), crc32(b) and len(b) in bytes, and the vectorised word CRCs."""
+    rng = random.Random(1)
+    for _ in range(500):
+        a, b = ("".join(rng.choice("ab Z9éΣ中😀\n") for _ in range(rng.randint(0, 80))).encode() for _ in range(2))
+        got = _shift(np.array([zlib.crc32(a)], np.uint32), np.array([len(b)]))[0] ^ np.uint32(zlib.crc32(b))
+        assert int(got) == zlib.crc32(a + b), (a, b)
+    words = [bytes(rng.randrange(256) for _ in range(rng.choice([1, 2, 3, 4, 7, 8, 9, 63, 64, 65, 200]))) for _ in range(300)]
+    buf = np.frombuffer(b"".join(words), np.uint8)
+    lengths = np.array([len(w) for w in words])
+    crcs = _word_crcs(buf, np.cumsum(lengths) - lengths, lengths)
+    assert crcs.tolist() == [zlib.crc32(w) for w in words]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_batched_hashed_ngrams_equal_the_per_gram_reference(n):
+    texts = HAND_TEXTS + fuzz_texts(200, seed=n)
+    for buckets in (16, 10_000, 2**31 + 11, 2**40):
+        refs = [_hashed_ngrams_reference(t, buckets, n) for t in texts]
+        ids, counts = hashed_ngram_batch(texts, buckets, n)
+        assert counts.tolist() == [len(r) for r in refs]
+        assert np.array_equal(ids, np.concatenate(refs)), buckets
+        for t, r in zip(HAND_TEXTS, refs):
+            assert hashed_ngrams(t, buckets, n).dtype == np.int64 and np.array_equal(hashed_ngrams(t, buckets, n), r), t
+    assert len(hashed_ngrams("", 100, n)) == 0 and len(hashed_ngrams("one", 100, n)) == 1
+    assert len(hashed_ngrams("a b c d", 100, n)) == sum(max(4 - m + 1, 0) for m in range(1, n + 1))
+    padded, counts = hashed_ngram_batch(["a b", "", "c"], 100, 2, lead=100, dtype=np.uint16)
+    assert padded.dtype == np.uint16 and counts.tolist() == [3, 0, 1]
+    assert padded.tolist() == [100, *hashed_ngrams("a b", 100, 2).tolist(), 100, 100, *hashed_ngrams("c", 100, 2).tolist()]
+
+
+def test_pool_ngrams_sums_are_numpys_per_example_sums_bit_for_bit():
+    texts = HAND_TEXTS + fuzz_texts(300, seed=7) + ["the cat sat on the mat " * 400]  # one example of 4,799 n-grams
+    feats = PoolNgrams(iter(texts), 997, 2, batch=37)  # several batches, the last one short
+    refs = [_hashed_ngrams_reference(t, 997, 2) for t in texts]
+    assert len(feats) == len(texts) and feats.counts.tolist() == [len(r) for r in refs]
+    assert np.array_equal(feats.raw, np.bincount(np.concatenate(refs), minlength=997))
+    values = np.random.default_rng(0).standard_normal(997) * np.random.default_rng(1).exponential(3.0, 997)
+    sums = feats.sums(values)
+    assert sums.tolist() == [float(values[r].sum()) for r in refs]  # exact, not approximately equal
+    assert sums[0] == 0.0 and feats.counts[0] == 0
+    with pytest.raises(ValueError, match="one entry per bucket"):
+        feats.sums(values[:-1])
+    assert len(PoolNgrams([], 997, 2)) == 0 and PoolNgrams([], 997, 2).sums(values).shape == (0,)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +172,57 @@ def test_dsir_prefers_examples_like_the_task_dev_split(mixed):
     arith_like = sum("How many now" in pool.get(i)["messages"][0]["content"] for i in sel.ids)
     assert arith_like >= 38
     assert make_selector("dsir").select(pool, SignalView(pool, store), 40, task=task, seed=0).ids == sel.ids
+
+
+def reference_dsir_weights(pool, task, weight, text="all") -> np.ndarray:
+    """DSIRSelector's log weights as computed before the batched featuriser: one reference
+    hashed_ngrams call and one numpy sum/mean per example."""
+    from thresher.data.pool import assistant_text, record_text, user_text
+
+    p = make_selector("dsir", weight=weight, text=text).params
+    side = {"user": user_text, "answer": assistant_text, "all": record_text}[text]
+    feats = [_hashed_ngrams_reference(side(r), p.buckets, p.ngrams) for r in pool]
+    raw = np.bincount(np.concatenate(feats), minlength=p.buckets).astype(np.float64)
+    tgt_texts = [f"{it.question}\n\n{it.target or it.answer}" if text == "all"
+                 else (it.question if text == "user" else (it.target or it.answer)) for it in task.dev]
+    tgt = np.bincount(np.concatenate([_hashed_ngrams_reference(t, p.buckets, p.ngrams) for t in tgt_texts]),
+                      minlength=p.buckets).astype(np.float64)
+    p_raw = (raw + 1.0) / (raw.sum() + p.buckets)
+    log_ratio = np.log((tgt + p.prior_mass * p_raw) / (tgt.sum() + p.prior_mass)) - np.log(p_raw)
+    if weight == "sum":
+        return np.array([float(log_ratio[f].sum()) for f in feats])
+    scale = max(float(np.median([len(f) for f in feats])), 1.0)
+    return np.array([float(log_ratio[f].mean()) if len(f) else 0.0 for f in feats]) * scale
+
+
+def assert_dsir_matches_reference(pool, task, k, text="all"):
+    for weight in ("mean", "sum"):
+        logw = reference_dsir_weights(pool, task, weight, text)
+        for seed in (0, 3):
+            ids, info = make_selector("dsir", weight=weight, text=text).run(pool, None, k, task=task, seed=seed)
+            order = np.argsort(-(logw + np.random.default_rng(seed).gumbel(size=len(logw))), kind="stable")[:k]
+            assert ids == [pool.ids[i] for i in order], (weight, seed)
+            assert info["log_weight_mean"] == float(logw.mean())  # the weights agree to the bit, not just the order
+
+
+def test_dsir_selects_exactly_what_the_per_gram_reference_did(arith_small):
+    arith_pool, arith_task, _ = arith_small
+    recs = [{"instruction": "?", "output": f"!{'!' * i}"} for i in range(3)]  # no n-grams: weight 0
+    recs += [{"instruction": t, "output": f"Réponse {i} — ΟΔΟΣ"} for i, t in enumerate(HAND_TEXTS + fuzz_texts(60))
+             if t.strip() and "\ud800" not in t]  # a pool holds no lone surrogates
+    recs += [{"instruction": r["messages"][0]["content"], "output": r["messages"][1]["content"]} for r in list(arith_pool)[:100]]
+    assert_dsir_matches_reference(Pool.from_records([{"id": f"r{i}", **r} for i, r in enumerate(recs)]), arith_task.dev_view(), 60)
+    for text in ("all", "user", "answer"):
+        assert_dsir_matches_reference(arith_pool, arith_task.dev_view(), 120, text=text)
+
+
+def test_dsir_matches_the_reference_on_real_alpaca_and_gsm8k(shared_data):
+    from thresher.data.pool import load_pool
+    from thresher.tasks import get_task
+
+    pool, _ = load_pool(shared_data / "alpaca" / "alpaca_5000.json", on_error="skip")
+    assert len(pool) > 4000
+    assert_dsir_matches_reference(pool, get_task("gsm8k").dev_view(), 1500)
 
 
 def test_car_takes_the_best_of_every_cluster_then_global_quality(mixed):

@@ -17,6 +17,7 @@ from pydantic import Field
 from thresher.data.pool import assistant_text, record_text, user_text
 from thresher.errors import ThresherError
 from thresher.select.base import Selector, SelectorParams, register_selector, top_by
+from thresher.select.dsir_features import PoolNgrams, hashed_ngram_batch, hashed_ngrams  # noqa: F401 (hashed_ngrams re-exported)
 from thresher.select.quality import quality_source, scorer_params_for
 from thresher.signals.base import make_signal, resolve
 from thresher.signals.lm import LMSignal
@@ -308,23 +309,6 @@ class DSIRParams(SelectorParams):
         "ones; on the gsm8k-mix pool it kept 1.5x random's off-task rows, see docs/results/dsir-length.md)"))
 
 
-def _mean_or_zero(v: np.ndarray) -> float:
-    """The mean of ``v``; 0 (a neutral weight) for an example with no n-grams."""
-    return float(v.mean()) if len(v) else 0.0
-
-
-def hashed_ngrams(text: str, buckets: int, n: int) -> np.ndarray:
-    """Bucket ids of the lower-cased word 1..n-grams of ``text`` (stable crc32 hashing)."""
-    import re
-    import zlib
-
-    words = re.findall(r"\w+", text.lower())
-    grams = list(words)
-    for m in range(2, n + 1):
-        grams += [" ".join(words[i : i + m]) for i in range(len(words) - m + 1)]
-    return np.array([zlib.crc32(g.encode()) % buckets for g in grams], dtype=np.int64)
-
-
 @register_selector
 class DSIRSelector(Selector):
     name = "dsir"
@@ -333,23 +317,27 @@ class DSIRSelector(Selector):
     uses_task = True
 
     def run(self, pool, signals, k, *, task=None, seed=0, oracle=None):
+        if not task.dev:
+            raise ValueError(f"dsir: the task {task.name!r} has an empty dev split; DSIR's target distribution is its dev items")
         side = {"user": user_text, "answer": assistant_text, "all": record_text}[self.params.text]
         B, n = self.params.buckets, self.params.ngrams
-        feats = [hashed_ngrams(side(r), B, n) for r in pool]
-        raw = np.bincount(np.concatenate(feats) if feats else np.zeros(0, np.int64), minlength=B).astype(np.float64)
+        feats = PoolNgrams((side(r) for r in pool), B, n)  # batched numpy featurisation, ids equal to hashed_ngrams
+        raw = feats.raw.astype(np.float64)
         tgt_texts = [f"{it.question}\n\n{it.target or it.answer}" if self.params.text == "all"
                      else (it.question if self.params.text == "user" else (it.target or it.answer)) for it in task.dev]
-        tgt = np.bincount(np.concatenate([hashed_ngrams(t, B, n) for t in tgt_texts]), minlength=B).astype(np.float64)
+        tgt = np.bincount(hashed_ngram_batch(tgt_texts, B, n)[0], minlength=B).astype(np.float64)
         p_raw = (raw + 1.0) / (raw.sum() + B)  # add-one: the pool is the large corpus
         m = self.params.prior_mass
         p_tgt = (tgt + m * p_raw) / (tgt.sum() + m)  # Dirichlet prior centred on the pool distribution
         log_ratio = np.log(p_tgt) - np.log(p_raw)
+        sums = feats.sums(log_ratio)  # per example: log_ratio[its ids].sum(), 0 for none
         if self.params.weight == "sum":
-            logw = np.array([float(log_ratio[f].sum()) for f in feats])
-        else:  # the mean per n-gram, times the pool's median n-gram count: no length bias, the same
-            # Gumbel resampling temperature as the summed weight of a typical example
-            scale = float(np.median([len(f) for f in feats])) if feats else 1.0
-            logw = np.array([_mean_or_zero(log_ratio[f]) for f in feats]) * max(scale, 1.0)
+            logw = sums
+        else:  # the mean per n-gram (0, a neutral weight, for none), times the pool's median n-gram
+            # count: no length bias, the same Gumbel resampling temperature as the summed weight of a typical example
+            scale = float(np.median(feats.counts)) if len(feats) else 1.0
+            mean = np.divide(sums, feats.counts, out=np.zeros(len(feats)), where=feats.counts > 0)
+            logw = mean * max(scale, 1.0)
         gumbel = np.random.default_rng(seed).gumbel(size=len(logw))
         order = np.argsort(-(logw + gumbel), kind="stable")[:k]
         ids = pool.ids
