@@ -149,6 +149,46 @@ def test_concurrent_build_keeps_the_first_folder(cache, monkeypatch):
     assert not [p for p in d.parent.iterdir() if ".tmp" in p.name]
 
 
+def test_usage_prior_ranks_words_first():
+    """Zipf over word-first ranks: ``the`` (id 1996) is rank 1, ``of`` 2, id 2000 rank 5, ``!`` (id 999, the first
+    single character) rank 29523 - 997 + 1 = 28527; the prior sums to 1 over the real tokens."""
+    tok = se.load_tokenizer()
+    h = (1.0 / np.arange(2, 29525)).sum()
+    np.testing.assert_allclose(se.usage_prior(tok, [1996, 1997, 2000, 999]), np.array([1 / 2, 1 / 3, 1 / 6, 1 / 28528]) / h,
+                               rtol=1e-12)
+    assert se.usage_prior(tok, se.real_token_ids(tok)).sum() == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"token_ids \[0, 103\] are not real tokens"):
+        se.usage_prior(tok, [1996, 0, 103])  # [PAD], [MASK]
+
+
+def test_remove_common_direction_hand_checked():
+    rows = np.array([[1.0, 1.0], [1.0, -1.0], [3.0, 1.0]])
+    out, u, norm = se.remove_common_direction(rows, np.array([2.0, 1.0, 1.0]))  # mean (1.5, 0.5), u = (3, 1) / sqrt(10)
+    assert norm == pytest.approx(np.sqrt(2.5))
+    np.testing.assert_allclose(u, np.array([3.0, 1.0]) / np.sqrt(10))
+    np.testing.assert_allclose(out, [[-0.2, 0.6], [0.4, -1.2], [0.0, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(np.array([2.0, 1.0, 1.0]) @ out, [0.0, 0.0], atol=1e-12)  # weighted mean now zero
+    with pytest.raises(ValueError, match="prior must be 3 non-negative"):
+        se.remove_common_direction(rows, np.array([1.0, -1.0, 1.0]))
+
+
+def test_distilled_rows_are_orthogonal_to_the_removed_direction(static, subset):
+    """Recipe 2: the usage-weighted mean of the distilled rows is zero, every row and so every text vector is
+    orthogonal to the removed direction, and what was removed was a sizeable share of a row's length."""
+    meta = static.meta
+    u = np.array(meta["common_direction"])
+    assert u.shape == (DIM,) and np.linalg.norm(u) == pytest.approx(1.0, abs=1e-6)
+    real = sorted(set(subset) & set(se.real_token_ids(static.tokenizer).tolist()))
+    rows = static.matrix[real].astype(np.float64)
+    norms = np.linalg.norm(rows, axis=1)
+    assert np.abs(rows @ u).max() < 1e-6 * norms.max()
+    prior = se.usage_prior(static.tokenizer, real)
+    assert np.linalg.norm(prior @ rows / prior.sum()) < 1e-6 * norms.mean()
+    assert meta["common_mean_norm"] > 0.1 * meta["mean_row_norm_before"] > 0  # 0.45 of 1.79 on this subset
+    texts = static.mean_vectors(TEXTS).astype(np.float64)
+    assert np.abs(texts @ u).max() < 1e-6 * np.linalg.norm(texts, axis=1).max()
+
+
 def test_pca_dim_is_checked():
     with pytest.raises(ValueError, match="dim=500"):
         se.pca_reduce(np.zeros((10, 384)), 500)
