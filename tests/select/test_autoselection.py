@@ -357,7 +357,7 @@ def test_run_recipe_writes_the_subset_and_its_state(tmp_path):
 
 
 def test_example_recipe_file_parses():
-    rf = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "recipe-arith.yaml")
+    rf = load_recipe(Path(__file__).resolve().parents[2] / "examples" / "recipe-arith.yaml")
     assert [op.name for op in rf.recipe] == ["task_relevance_filter", "union"]
     assert rf.settings.scorer == "auto" and rf.settings.task == "arith"  # `signals: {}` = the defaults (auto = micro on arith)
 

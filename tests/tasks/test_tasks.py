@@ -197,7 +197,7 @@ def test_gsm8k_default_location(shared_data, monkeypatch):
     assert get_task("gsm8k", dev_size=10).dev == gsm8k_task(shared_data / "gsm8k", dev_size=10).dev
     monkeypatch.delenv("THRESHER_SHARED_DATA")
     # without the variable: the shared/data folder beside the checkout, like the tests' fixture
-    assert shared_data_dir() == Path(__file__).resolve().parents[2] / "shared" / "data"
+    assert shared_data_dir() == Path(__file__).resolve().parents[3] / "shared" / "data"
     monkeypatch.setenv("THRESHER_SHARED_DATA", "/nonexistent/thresher-data")
     with pytest.raises(FileNotFoundError, match="THRESHER_SHARED_DATA"):
         gsm8k_task()
