@@ -36,6 +36,7 @@ from thresher.signals.geometry import (
     embedding_for,
     resolve_backend,
     unit_rows,
+    with_train_cap_for,
 )
 from thresher.signals.minhash import minhash_signatures
 from thresher.signals.minhash_lsh import lsh_bands, near_duplicate_edges
@@ -246,7 +247,9 @@ def semantic_groups(x: np.ndarray, clusters: np.ndarray, threshold: float = 0.95
 
     Within each cluster, every pair of unit rows with cosine >= ``threshold`` is linked
     (row blocks of ``block`` x cluster size, never N x N); groups are the connected
-    components.
+    components. Exact; the cost is the sum of squared cluster sizes times d, about n^1.5
+    with the default k = sqrt(n / 2): 1M x 384 embedding-like rows take about 32 s on one
+    core (``benchmarks/bench_geometry_scale.py``), so no approximate variant is needed.
     """
     x = unit_rows(x)
     clusters = np.asarray(clusters)
@@ -278,6 +281,8 @@ class SemanticDedupParams(EmbeddingInput):
     seed: int = 0
     backend: Backend = "auto"
     n_iter: int = Field(25, ge=1)
+    train_points_per_centroid: int | None = Field(64, ge=1, description="k-means training rows per cluster on large pools "
+                                                                         "(the kmeans signal's param of that name)")
 
 
 @register_signal
@@ -294,14 +299,22 @@ class SemanticDedup(Signal):
     def model_id(self) -> str | None:
         return encoder_identity(self.params.embed_model)
 
+    def for_pool(self, pool) -> Signal:
+        """As :meth:`Signal.for_pool`, with ``train_points_per_centroid`` resolved as the kmeans signal's
+        (:func:`thresher.signals.geometry.with_train_cap_for`): the keys of full fits are unchanged."""
+        return with_train_cap_for(super().for_pool(pool), pool)
+
     def key_params(self) -> dict:
         out = self.params.model_dump(mode="json")
         out["backend"] = resolve_backend(self.params.backend)
+        if out["train_points_per_centroid"] is None:
+            out.pop("train_points_per_centroid")
         return out
 
     def kmeans(self) -> KMeansClusters:
         p = self.params
-        return KMeansClusters(embed_model=p.embed_model, embed_text=p.embed_text, k=p.k, seed=p.seed, backend=p.backend, n_iter=p.n_iter)
+        return KMeansClusters(embed_model=p.embed_model, embed_text=p.embed_text, k=p.k, seed=p.seed, backend=p.backend,
+                              n_iter=p.n_iter, train_points_per_centroid=p.train_points_per_centroid)
 
     def requires(self) -> list[Signal]:
         return [embedding_for(self.params), self.kmeans()]

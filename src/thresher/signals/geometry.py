@@ -3,8 +3,10 @@
 Pool-scope signals; all but ``tfidf_silhouette`` read the ``embedding`` signal (unit
 vectors, so a dot product is a cosine):
 
-- ``kmeans``: a cluster id per example and its cosine distance to its cluster's centroid;
-- ``knn_diversity``: mean cosine distance to the ``m`` nearest other examples;
+- ``kmeans``: a cluster id per example and its cosine distance to its cluster's centroid
+  (trained on a seeded sample above :data:`KMEANS_FULL_FIT_MAX_ROWS` rows);
+- ``knn_diversity``: mean cosine distance to the ``m`` nearest other examples (exact search
+  up to :data:`KNN_EXACT_MAX_ROWS` rows, approximate above: :mod:`thresher.signals.knn`);
 - ``task_relevance``: mean of the top-``m`` cosines to a task's dev items;
 - ``tfidf_silhouette``: THTB's silhouette of each query in a k-means clustering of
   TF-IDF query vectors.
@@ -15,11 +17,21 @@ clustering implementation (``resolve_backend`` and ``first_seen_labels`` live th
 Memory stays linear in the pool: nearest neighbours come from faiss (or scikit-learn
 in row blocks), similarities to dev items and to cluster sums are taken in row blocks;
 no N x N matrix is ever built.
+
+Cost on one core, 1M x 384 embedding-like rows (``benchmarks/bench_geometry_scale.py``):
+k-means with the default k = round(sqrt(n / 2)) about 60 s (it trains on
+``train_points_per_centroid * k`` sampled rows above :data:`KMEANS_FULL_FIT_MAX_ROWS`,
+linear in n, but assigns every row to its nearest of k centroids, n x k: n^1.5); kNN
+diversity about 85 s (approximate above :data:`KNN_EXACT_MAX_ROWS` rows; exact search would
+take about 11 hours); task relevance against 500 dev items about 12 s (n x dev); the dense
+silhouette about 18 s (n x k).
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
+from dataclasses import asdict
 from typing import Any, Literal
 
 import numpy as np
@@ -43,9 +55,26 @@ from thresher.signals.embed import (
     encoder_identity,
     load_encoder,
 )
+from thresher.signals.knn import (
+    DEFAULT_IVF,
+    KNN_EXACT_MAX_ROWS,
+    IVFConfig,
+    knn_backend,
+    knn_recall,
+    knn_search,
+    neighbour_sims,
+)
 
 Backend = Literal["auto", "faiss", "sklearn"]
+KNNBackend = Literal["auto", "faiss", "sklearn", "ann"]
 ROW_BLOCK = 8192
+#: pools up to this many rows train k-means on every row (every pool before this limit existed did;
+#: a full fit of 100K x 384 takes about 25 s on one core, a subsampled fit of 300K about 14 s)
+KMEANS_FULL_FIT_MAX_ROWS = 100_000
+#: query rows the ``knn_diversity`` signal checks its approximate neighbours on (logged recall)
+KNN_RECALL_SAMPLE = 256
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -78,26 +107,53 @@ def embedding_for(params: EmbeddingInput) -> Embedding:
 # --------------------------------------------------------------------------- k-means
 
 
-def kmeans_cluster(x: np.ndarray, k: int, *, seed: int = 0, backend: str = "auto", n_iter: int = 25) -> tuple[np.ndarray, np.ndarray, str]:
+def kmeans_cluster(x: np.ndarray, k: int, *, seed: int = 0, backend: str = "auto", n_iter: int = 25,
+                   train_points_per_centroid: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """k-means on the rows of ``x``: (labels [N] int64, centroids [k, d] float32, backend used).
 
-    :func:`thresher.signals.cluster.kmeans` on float32 rows, every point trained on (no
-    subsampling), labels as the backend's fit gives them. ``faiss``: ``faiss.Kmeans(d, k,
+    :func:`thresher.signals.cluster.kmeans` on float32 rows. ``faiss``: ``faiss.Kmeans(d, k,
     niter=n_iter, seed=seed)``; ``sklearn``: ``KMeans(k, init="k-means++", n_init=1,
     max_iter=n_iter, random_state=seed)``. Each backend is deterministic for a seed; the
     two give different (equally valid) partitions. Labels are raw backend ids (see
     :func:`first_seen_labels`).
+
+    ``train_points_per_centroid=None``: every row is trained on and labelled as the backend's
+    fit labels it. A number: k-means trains on a seeded sample of that many rows per centroid
+    (when the pool has more) and every row goes to its nearest centroid, in row blocks.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    res = kmeans(x, k, seed=seed, backend=backend, n_iter=n_iter)
+    if train_points_per_centroid is None:
+        res = kmeans(x, k, seed=seed, backend=backend, n_iter=n_iter)
+    else:
+        res = kmeans(x, k, seed=seed, backend=backend, n_iter=n_iter, train_points_per_centroid=train_points_per_centroid,
+                     assign="nearest")
     return res.labels, np.asarray(res.centroids, dtype=np.float32), res.backend
+
+
+def kmeans_train_cap(n: int, train_points_per_centroid: int | None) -> int | None:
+    """The ``train_points_per_centroid`` the ``kmeans`` signal uses on ``n`` rows: None (train on
+    every row) up to :data:`KMEANS_FULL_FIT_MAX_ROWS` rows or when the param is None, else the param."""
+    return train_points_per_centroid if n > KMEANS_FULL_FIT_MAX_ROWS else None
+
+
+def with_train_cap_for(sig: Signal, pool) -> Signal:
+    """``sig`` (params with a ``train_points_per_centroid``) as it runs on ``pool``: the param becomes
+    None where it has no effect (pools of at most :data:`KMEANS_FULL_FIT_MAX_ROWS` rows), so a full
+    fit keeps the key it always had (the key drops a None) and a subsampled fit has its own."""
+    if pool is None or sig.params.train_points_per_centroid is None:
+        return sig
+    if kmeans_train_cap(len(pool), sig.params.train_points_per_centroid) is not None:
+        return sig
+    return type(sig)(**{**sig.params.model_dump(), "train_points_per_centroid": None})
 
 
 def cosine_to_centroid(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Cosine distance 1 - cos(x_i, c) of each row to the mean of its cluster (float64).
 
-    Cluster sums come from one sparse membership product; the distances are taken in
-    row blocks, so no second N x d matrix is built.
+    Cluster sums (float64) come from one sparse membership product up to
+    :data:`KMEANS_FULL_FIT_MAX_ROWS` rows (it makes a float64 copy of ``x``), above that
+    from one product per row block; the distances are taken in row blocks, so no second
+    N x d matrix is built.
     """
     import scipy.sparse as sp
 
@@ -105,8 +161,15 @@ def cosine_to_centroid(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     n = x.shape[0]
     k = int(labels.max()) + 1
-    member = sp.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
-    cents = np.asarray(member @ x, dtype=np.float64) / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
+    if n <= KMEANS_FULL_FIT_MAX_ROWS:
+        sums = np.asarray(sp.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n)) @ x, dtype=np.float64)
+    else:
+        sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+        for s in range(0, n, ROW_BLOCK):
+            lb = labels[s:s + ROW_BLOCK]
+            member = sp.csr_matrix((np.ones(len(lb)), (lb, np.arange(len(lb)))), shape=(k, len(lb)))
+            sums += member @ x[s:s + ROW_BLOCK].astype(np.float64)
+    cents = sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
     cent_norms = np.linalg.norm(cents, axis=1)
     out = np.empty(n, dtype=np.float64)
     for s in range(0, n, ROW_BLOCK):
@@ -124,6 +187,9 @@ class KMeansParams(EmbeddingInput):
     seed: int = 0
     backend: Backend = Field("auto", description="auto (faiss if importable, else sklearn), faiss or sklearn")
     n_iter: int = Field(25, ge=1, description="k-means iterations (faiss niter / sklearn max_iter)")
+    train_points_per_centroid: int | None = Field(
+        64, ge=1, description=f"on pools of more than {KMEANS_FULL_FIT_MAX_ROWS:,} rows, train on a seeded sample of this many "
+                              "rows per cluster and assign every row to its nearest centroid (None: train on every row)")
 
 
 @register_signal
@@ -140,9 +206,15 @@ class KMeansClusters(Signal):
     def model_id(self) -> str | None:
         return encoder_identity(self.params.embed_model)
 
+    def for_pool(self, pool) -> Signal:
+        """As :meth:`Signal.for_pool`, with ``train_points_per_centroid`` resolved (:func:`with_train_cap_for`)."""
+        return with_train_cap_for(super().for_pool(pool), pool)
+
     def key_params(self) -> dict:
         out = self.params.model_dump(mode="json")
         out["backend"] = resolve_backend(self.params.backend)  # auto means different things on different machines
+        if out["train_points_per_centroid"] is None:
+            out.pop("train_points_per_centroid")  # a full fit: the key every full fit had
         return out
 
     def requires(self) -> list[Signal]:
@@ -153,7 +225,8 @@ class KMeansClusters(Signal):
         k = self.params.k or default_k(len(x))
         if k > len(x):
             raise ValueError(f"kmeans: param k={k} exceeds the pool size {len(x)}")
-        labels, _, _ = kmeans_cluster(x, k, seed=self.params.seed, backend=self.params.backend, n_iter=self.params.n_iter)
+        labels, _, _ = kmeans_cluster(x, k, seed=self.params.seed, backend=self.params.backend, n_iter=self.params.n_iter,
+                                      train_points_per_centroid=kmeans_train_cap(len(x), self.params.train_points_per_centroid))
         labels = first_seen_labels(labels)
         return {"cluster": labels, "dist_to_centroid": cosine_to_centroid(x, labels)}
 
@@ -161,46 +234,32 @@ class KMeansClusters(Signal):
 # --------------------------------------------------------------------------- kNN diversity
 
 
-def knn_cosine_distance(x: np.ndarray, m: int = 10, *, backend: str = "auto") -> np.ndarray:
+def knn_cosine_distance(x: np.ndarray, m: int = 10, *, backend: str = "auto", ivf: IVFConfig = DEFAULT_IVF) -> np.ndarray:
     """Mean cosine distance (1 - cos) of each unit row to its ``m`` nearest other rows.
 
     ``m`` is capped at n - 1. The row itself is excluded by position (an exact
-    duplicate elsewhere in the pool still counts, at distance 0). Exact search: faiss
-    ``IndexFlatIP`` or scikit-learn brute-force neighbours, queried in row blocks.
+    duplicate elsewhere in the pool still counts, at distance 0). Search: see
+    :func:`knn_search` (exact up to :data:`KNN_EXACT_MAX_ROWS` rows with ``auto``).
     """
     x = unit_rows(x)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"knn_diversity needs at least 2 examples, the pool has {n}")
     m = min(m, n - 1)
-    used = resolve_backend(backend)
-    sims = np.empty((n, m + 1), dtype=np.float32)
-    idx = np.empty((n, m + 1), dtype=np.int64)
-    if used == "faiss":
-        import faiss
-
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x)
-        for s in range(0, n, ROW_BLOCK):
-            d, i = index.search(x[s:s + ROW_BLOCK], m + 1)
-            sims[s:s + ROW_BLOCK], idx[s:s + ROW_BLOCK] = d, i
-    else:
-        from sklearn.neighbors import NearestNeighbors
-
-        nn = NearestNeighbors(n_neighbors=m + 1, algorithm="brute", metric="euclidean").fit(x)
-        for s in range(0, n, ROW_BLOCK):
-            d, i = nn.kneighbors(x[s:s + ROW_BLOCK])
-            sims[s:s + ROW_BLOCK], idx[s:s + ROW_BLOCK] = 1.0 - d.astype(np.float64) ** 2 / 2.0, i
-    keep = idx != np.arange(n)[:, None]
-    no_self = keep.all(axis=1)  # self not among the m+1 results (ties with duplicates): drop the farthest
-    keep[no_self, -1] = False
-    neighbour_sims = sims[keep].reshape(n, m).astype(np.float64)
-    return np.clip(1.0 - neighbour_sims, 0.0, 2.0).mean(axis=1)
+    sims, ids = knn_search(x, m, backend=backend, ivf=ivf)
+    return np.clip(1.0 - neighbour_sims(sims, ids, m), 0.0, 2.0).mean(axis=1)
 
 
 class KNNParams(EmbeddingInput):
     m: int = Field(10, ge=1, description="neighbours averaged (capped at n - 1)")
-    backend: Backend = Field("auto", description="auto (faiss if importable, else sklearn), faiss or sklearn")
+    backend: KNNBackend = Field("auto", description=f"auto (exact up to {KNN_EXACT_MAX_ROWS:,} rows: faiss if importable, else "
+                                                    "sklearn; ann above), faiss or sklearn (exact), ann (approximate)")
+    ann_probes: int = Field(IVFConfig.probes, ge=1, description="ann: cells of about 128 rows each row is compared with "
+                                                               "(more = higher recall, proportionally slower)")
+    seed: int = Field(0, description="ann: seed of the cells' k-means")
+
+    def ivf(self) -> IVFConfig:
+        return IVFConfig(probes=self.ann_probes, seed=self.seed)
 
 
 @register_signal
@@ -216,16 +275,39 @@ class KNNDiversity(Signal):
     def model_id(self) -> str | None:
         return encoder_identity(self.params.embed_model)
 
+    def for_pool(self, pool) -> Signal:
+        """As :meth:`Signal.for_pool`, and ``backend="auto"`` becomes the search it runs on the pool
+        (:func:`knn_backend`), so exact and approximate values never share a key."""
+        sig = super().for_pool(pool)
+        if pool is None or sig.params.backend != "auto":
+            return sig
+        return type(sig)(**{**sig.params.model_dump(), "backend": knn_backend("auto", len(pool))})
+
     def key_params(self) -> dict:
         out = self.params.model_dump(mode="json")
-        out.pop("backend")  # exact search: both backends give the same neighbours
+        for name in ("backend", "ann_probes", "seed"):
+            out.pop(name)  # exact search: both backends give the same neighbours, the ann settings do nothing
+        if self.params.backend == "ann":
+            out["backend"] = "ann"
+            out["ann"] = asdict(self.params.ivf())
         return out
 
     def requires(self) -> list[Signal]:
         return [embedding_for(self.params)]
 
     def compute_pool(self, pool, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        return {"knn_distance": knn_cosine_distance(inputs["embedding"][VECTORS], self.params.m, backend=self.params.backend)}
+        x = unit_rows(inputs["embedding"][VECTORS])
+        n = len(x)
+        if n < 2:
+            raise ValueError(f"knn_diversity needs at least 2 examples, the pool has {n}")
+        m = min(self.params.m, n - 1)
+        ivf = self.params.ivf()
+        sims, ids = knn_search(x, m, backend=self.params.backend, ivf=ivf)
+        if knn_backend(self.params.backend, n) == "ann":
+            recall = knn_recall(x, sample=KNN_RECALL_SAMPLE, m=m, seed=ivf.seed, found=(sims, ids))
+            log.info("knn_diversity: approximate neighbours (%d probes), recall@%d %.3f on %d sampled rows", ivf.probes, m,
+                     recall, min(KNN_RECALL_SAMPLE, n))
+        return {"knn_distance": np.clip(1.0 - neighbour_sims(sims, ids, m), 0.0, 2.0).mean(axis=1)}
 
 
 # --------------------------------------------------------------------------- task relevance
@@ -322,12 +404,14 @@ def silhouette_cosine_unit(x, labels: np.ndarray) -> np.ndarray:
     n x k products with cluster sums, taken in row blocks: linear in n. It equals
     ``sklearn.metrics.silhouette_samples(x, labels, metric="cosine")`` to float
     precision (same conventions: the self term is in the intra sum, a zero row is at
-    distance 1 from everything, a singleton cluster scores 0).
+    distance 1 from everything, a singleton cluster scores 0). Dense rows are taken to
+    float64 one block at a time (no float64 copy of the whole matrix).
     """
     import scipy.sparse as sp
 
-    if not sp.issparse(x):
-        x = np.asarray(x, dtype=np.float64)
+    dense = not sp.issparse(x)
+    if dense:
+        x = np.asarray(x)
     labels = np.asarray(labels)
     if labels.shape != (x.shape[0],):
         raise ValueError(f"silhouette: {labels.shape[0] if labels.ndim else 0} labels for {x.shape[0]} rows")
@@ -338,11 +422,16 @@ def silhouette_cosine_unit(x, labels: np.ndarray) -> np.ndarray:
         return np.zeros(n, dtype=np.float64)
     sizes = np.bincount(lab, minlength=k).astype(np.float64)
     member = sp.csr_matrix((np.ones(n), (lab, np.arange(n))), shape=(k, n))
-    sums = member @ x
-    sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float64)
+    if dense:
+        sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+        for s in range(0, n, ROW_BLOCK):
+            sums += member[:, s:s + ROW_BLOCK] @ x[s:s + ROW_BLOCK].astype(np.float64)
+    else:
+        sums = member @ x
+        sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float64)
     out = np.empty(n, dtype=np.float64)
     for s in range(0, n, ROW_BLOCK):
-        block = x[s:s + ROW_BLOCK]
+        block = x[s:s + ROW_BLOCK].astype(np.float64) if dense else x[s:s + ROW_BLOCK]
         dots = np.asarray(block @ sums.T, dtype=np.float64)
         dist = sizes[None, :] - dots  # summed distances to every cluster
         own = lab[s:s + ROW_BLOCK]

@@ -7,12 +7,15 @@ import pytest
 from thresher.data.pool import Pool, user_text
 from thresher.data.store import SignalStore
 from thresher.engine.local import read_signal, run_signal
+from thresher.signals import geometry, knn
 from thresher.signals.base import VECTORS, make_signal
+from thresher.signals.dedup import SemanticDedup
 from thresher.signals.embed import Embedding, embed_text, encode_texts, load_encoder
 from thresher.signals.geometry import (
     KMeansClusters,
     KNNDiversity,
     TaskRelevance,
+    cosine_to_centroid,
     default_k,
     first_seen_labels,
     kmeans_cluster,
@@ -21,6 +24,14 @@ from thresher.signals.geometry import (
     tfidf_query_text,
     tfidf_silhouette,
     top_m_mean_cosine,
+)
+from thresher.signals.knn import (
+    IVFConfig,
+    exact_knn,
+    ivf_knn,
+    knn_backend,
+    knn_recall,
+    top_k_exact,
 )
 
 TEXTS = [
@@ -129,6 +140,46 @@ def test_kmeans_helpers_by_hand():
     np.testing.assert_allclose(cols["dist_to_centroid"], [1 - np.sqrt(0.5)] * 2, atol=1e-6)
 
 
+def test_kmeans_subsamples_only_above_the_threshold(monkeypatch):
+    x = structured(n=6000, d=16)
+    full = KMeansClusters(k=60, backend="faiss").compute_pool(None, {"embedding": {VECTORS: x}})
+    labels, cents, _ = kmeans_cluster(x, 60, backend="faiss")
+    np.testing.assert_array_equal(full["cluster"], first_seen_labels(labels))  # a full fit, as always
+    full_inertia = ((x - cents[labels]) ** 2).sum()
+    monkeypatch.setattr(geometry, "KMEANS_FULL_FIT_MAX_ROWS", 5000)  # 6000 rows are now "large"
+    sub = KMeansClusters(k=60, backend="faiss", train_points_per_centroid=32).compute_pool(None, {"embedding": {VECTORS: x}})
+    labels, cents, _ = kmeans_cluster(x, 60, backend="faiss", train_points_per_centroid=32)  # trains on 1,920 rows
+    np.testing.assert_array_equal(sub["cluster"], first_seen_labels(labels))
+    assert sub["cluster"].shape == (6000,) and not np.array_equal(sub["cluster"], full["cluster"])
+    # every row is labelled with its nearest centroid; the clusters are about as tight as the full fit's
+    d2 = ((x[:, None, :] - cents[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, d2.argmin(axis=1))
+    assert ((x - cents[labels]) ** 2).sum() < 1.08 * full_inertia  # measured 1.043
+    assert sub["dist_to_centroid"].mean() < 1.05 * full["dist_to_centroid"].mean()  # measured 1.023
+    off = KMeansClusters(k=60, backend="faiss", train_points_per_centroid=None).compute_pool(None, {"embedding": {VECTORS: x}})
+    np.testing.assert_array_equal(off["cluster"], full["cluster"])
+    # above the threshold the cluster sums are taken per row block (no float64 copy of x): same distances
+    big = structured(n=20000, d=8)
+    lab = np.random.default_rng(0).integers(0, 50, len(big))
+    blocked = cosine_to_centroid(big, lab)
+    monkeypatch.setattr(geometry, "KMEANS_FULL_FIT_MAX_ROWS", 100_000)
+    np.testing.assert_allclose(blocked, cosine_to_centroid(big, lab), rtol=0, atol=1e-12)
+
+
+def test_kmeans_key_is_unchanged_unless_it_subsamples(monkeypatch):
+    small = Pool.from_records([chat(i, f"question {i}", "answer") for i in range(30)])
+    params = KMeansClusters().key(small).params
+    assert "train_points_per_centroid" not in params  # the key every full fit had
+    assert KMeansClusters(train_points_per_centroid=None).key(small) == KMeansClusters().key(small)
+    semantic = SemanticDedup().key(small).params  # semantic dedup clusters with the kmeans signal: the same rule
+    assert set(semantic) == {"embed_model", "embed_text", "threshold", "k", "seed", "backend", "n_iter"}
+    monkeypatch.setattr(geometry, "KMEANS_FULL_FIT_MAX_ROWS", 20)
+    assert KMeansClusters().key(small).params["train_points_per_centroid"] == 64
+    assert KMeansClusters(train_points_per_centroid=None).key(small).params == params
+    assert SemanticDedup().key(small).params["train_points_per_centroid"] == 64
+    assert SemanticDedup(train_points_per_centroid=8).kmeans().key(small).params["train_points_per_centroid"] == 8
+
+
 def test_kmeans_signal_end_to_end(pool, store):
     sig = make_signal("kmeans", k=3, seed=1)
     run_signal(sig, pool, store, show_progress=False)
@@ -141,7 +192,7 @@ def test_kmeans_signal_end_to_end(pool, store):
 # --------------------------------------------------------------------------- kNN diversity
 
 
-@pytest.mark.parametrize("backend", ["faiss", "sklearn"])
+@pytest.mark.parametrize("backend", ["faiss", "sklearn", "ann"])  # ann: one cell holds every row here, so exact
 def test_knn_distance_hand_case(backend):
     # a = b = (1, 0), c = (0, 1), d = (-1, 0); cosine distances: a-b 0, a-c 1, a-d 2, c-d 1
     x = np.array([[1, 0], [1, 0], [0, 1], [-1, 0]], dtype=np.float32)
@@ -154,6 +205,89 @@ def test_knn_distance_hand_case(backend):
     np.testing.assert_allclose(knn_cosine_distance(y, 1, backend=backend), [0.5, 0.5, 1.5], atol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         knn_cosine_distance(x[:1], 1, backend=backend)
+
+
+def structured(n: int = 8000, d: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
+    """Unit rows around ``centres`` flat blobs (6 main directions each), 2% exact duplicates."""
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, centres, n)
+    basis = rng.standard_normal((centres, 6, d))
+    x = rng.standard_normal((centres, d))[lab] + 0.4 * np.einsum("nk,nkd->nd", rng.standard_normal((n, 6)), basis[lab])
+    x += 0.1 * rng.standard_normal((n, d))
+    dup = rng.choice(n, n // 50, replace=False)
+    x[dup] = x[rng.integers(0, n, len(dup))]
+    return unit(x).astype(np.float32)
+
+
+def test_ann_recall_exact_sims_and_determinism(monkeypatch):
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    x = structured()
+    sims, ids = ivf_knn(x, 11)
+    assert sims.shape == ids.shape == (len(x), 11) and (ids >= 0).all()
+    # the sims are the true inner products of the ids found, best first
+    rows = np.arange(0, len(x), 97)
+    np.testing.assert_allclose(sims[rows], np.einsum("rd,rkd->rk", x[rows], x[ids[rows]]), atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 0).all()
+    recall = knn_recall(x, sample=1000, m=10, seed=0, found=(sims, ids))
+    assert recall >= 0.95, recall  # measured 0.986
+    # fewer probed cells find fewer true neighbours: the search is approximate, not exact in disguise
+    assert knn_recall(x, sample=1000, m=10, seed=0, cfg=IVFConfig(probes=1)) < recall - 0.1
+    # exact search scores 1, and the NumPy exact search agrees with faiss's
+    exact = exact_knn(x, 11, "faiss")
+    assert knn_recall(x, sample=300, m=10, seed=1, found=exact) == 1.0
+    np.testing.assert_allclose(top_k_exact(x, x[rows], 11)[0], exact[0][rows], atol=1e-5)
+    # deterministic for a seed, whatever the thread counts (faiss k-means forced parallel, BLAS too);
+    # another seed, other cells
+    threads = faiss.omp_get_max_threads()
+    monkeypatch.setattr(knn, "PARALLEL_WORK", 0)
+    try:
+        faiss.omp_set_num_threads(2 if threads == 1 else 1)
+        with threadpool_limits(limits=2 if threads == 1 else 1):
+            again = ivf_knn(x, 11)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert np.array_equal(again[0], sims) and np.array_equal(again[1], ids)
+    other = ivf_knn(x, 11, IVFConfig(seed=1))
+    assert not np.array_equal(other[1], ids)
+    with pytest.raises(ValueError, match="probes must be >= 1"):
+        IVFConfig(probes=0)
+    # cells too small for k results (2 rows each, 1 probed): those rows fall back to exact search
+    tiny = x[:60]
+    got = ivf_knn(tiny, 11, IVFConfig(list_size=2, probes=1, train_per_list=2))
+    np.testing.assert_allclose(got[0], exact_knn(tiny, 11, "faiss")[0], atol=1e-5)
+
+
+def test_knn_auto_is_exact_up_to_the_threshold_then_ann(monkeypatch):
+    x = structured(n=600)
+    assert knn_backend("auto", knn.KNN_EXACT_MAX_ROWS) in ("faiss", "sklearn")
+    assert knn_backend("auto", knn.KNN_EXACT_MAX_ROWS + 1) == "ann" and knn_backend("ann", 10) == "ann"
+    with pytest.raises(ValueError, match="backend must be"):
+        knn_backend("hnsw", 10)
+    exact = knn_cosine_distance(x, 10, backend="faiss")
+    np.testing.assert_array_equal(knn_cosine_distance(x, 10, backend="auto"), exact)
+    monkeypatch.setattr(knn, "KNN_EXACT_MAX_ROWS", 500)  # 600 rows are now "large"
+    ann = knn_cosine_distance(x, 10, backend="ann")
+    np.testing.assert_array_equal(knn_cosine_distance(x, 10, backend="auto"), ann)
+    assert not np.array_equal(ann, exact) and np.abs(ann - exact).mean() < 0.01
+
+
+def test_knn_keys_exact_unchanged_ann_apart(monkeypatch):
+    small = Pool.from_records([chat(i, f"question {i}", "answer") for i in range(30)])
+    exact_key = KNNDiversity().key(small).params
+    # exact search: the key it always had (no backend, no ann settings)
+    assert KNNDiversity(backend="sklearn", ann_probes=3).key(small) == KNNDiversity().key(small)
+    assert set(exact_key) == {"embed_model", "embed_text", "m"}
+    ann_key = KNNDiversity(backend="ann").key(small).params
+    assert ann_key["backend"] == "ann" and ann_key["ann"]["probes"] == IVFConfig().probes
+    assert KNNDiversity(backend="ann", ann_probes=3).key(small) != KNNDiversity(backend="ann").key(small)
+    monkeypatch.setattr(knn, "KNN_EXACT_MAX_ROWS", 20)  # the pool is now above the threshold: auto is ann
+    assert KNNDiversity().key(small) == KNNDiversity(backend="ann").key(small)
+    # the signal computes what its key says, and logs its recall
+    x = structured(n=400)
+    cols = KNNDiversity(m=5).compute_pool(None, {"embedding": {VECTORS: x}})
+    np.testing.assert_array_equal(cols["knn_distance"], knn_cosine_distance(x, 5, backend="ann"))
 
 
 def test_knn_signal_end_to_end(pool, store):
