@@ -242,7 +242,7 @@ def semhash_peer(pool, store, encoder: str, threshold: float = 0.95, sample: int
     sh = SemHash.from_embeddings(embeddings=x, records=records, model=load_encoder(encoder), columns=["text"])
     result = sh.self_deduplicate(threshold=threshold)
     seconds = time.perf_counter() - t
-    pairs = [(int(dup[0]["pos"]), int(f.record["pos"])) for f in result.filtered for dup in f.duplicates[:1]]
+    pairs = [(int(f.duplicate_of["pos"]), int(f.record["pos"])) for f in result.filtered]
     same = sum(groups[a] == groups[b] for a, b in pairs)
     thr_removed = int((groups != np.arange(len(groups))).sum())
     rng = np.random.default_rng(0)

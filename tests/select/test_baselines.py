@@ -296,3 +296,9 @@ def test_default_scorer_is_micro_on_arith_and_a_real_lm_elsewhere(micro_scored):
     assert got.diagnostics["scorer"] == ("scorer: micro (~0.11M-parameter character model, trained here), "
                                          "warmed up on 120 pool examples x 40 steps")
     assert got.ids == make_selector("ifd", scorer="micro", **sp).select(pool, SignalView(pool, store), 40).ids
+
+
+def test_dsir_refuses_an_empty_dev_split(arith_small):
+    pool, task, _ = arith_small
+    with pytest.raises(ValueError, match="empty dev split"):
+        make_selector("dsir").run(pool, None, 10, task=task.with_dev([]).dev_view(), seed=0)
