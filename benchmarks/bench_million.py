@@ -211,12 +211,12 @@ def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
         sel = rs.select(view_pool, sview, budget)
         stage("AutoSelection recipe", t)
         res["facts"]["recipe_selected"] = len(sel.ids)
+        res["peak_rss_mb"] = round(peak_mb())  # the chain's own peak (the peer below runs in this process too)
         if peer:
             res["peer"] = semhash_peer(pool, store, encoder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["total_s"] = round(sum(res["stages"].values()), 1)
-    res["peak_rss_mb"] = round(peak_mb())
     out.write_text(json.dumps(res))
 
 
