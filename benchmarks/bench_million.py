@@ -147,14 +147,13 @@ def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
         store = SignalStore(work / "store")
         task = get_task("gsm8k")
 
-        def signal(name: str, label: str | None = None, **params) -> dict:
+        def signal(name: str, label: str | None = None, **params):
             sig = make_signal(name, **params)
             t0 = time.perf_counter()
             run_signal(sig, pool, store, engine=engine, show_progress=False)
             stage(label or name, t0)
             return sig
 
-        t = time.perf_counter()
         for name in TEXT_SIGNALS:
             signal(name, **({"model": "small"} if name == "text" else {}))
         emb = {"embed_model": encoder}
