@@ -8,6 +8,7 @@ naming ``models``) and is counted in ``model_checks``, never passed to ``respond
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -73,3 +74,12 @@ class ChatEndpoint:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def closed_port() -> int:
+    """A port nothing listens on: bound, read, closed."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -20,7 +20,7 @@ from dataclasses import asdict
 import httpx
 import numpy as np
 import pytest
-from fake_openai import ChatEndpoint
+from fake_openai import ChatEndpoint, closed_port
 
 from thresher.data.pool import Pool
 from thresher.data.store import SignalStore
@@ -442,13 +442,6 @@ def test_cache_survives_a_torn_line(tmp_path):
 # =========================================================================== an unreachable or failing judge is never stored
 
 
-def closed_port() -> int:
-    """A port nothing listens on: bound, read, closed."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def small_pool(n: int, name: str = "judged") -> Pool:

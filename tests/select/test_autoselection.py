@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_openai import closed_port
 
 from thresher.api import run_recipe
 from thresher.data.ledger import CostLedger, LedgerEntry
@@ -560,12 +560,6 @@ def test_llm_replies_are_parsed_strictly():
             parse_choice(bad, 3)
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_llm_failures_fall_back_to_the_rule_based_search_and_are_counted(synthetic, tmp_path):
