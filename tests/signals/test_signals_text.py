@@ -21,6 +21,7 @@ from thresher.signals.text import (
     minmax,
     reasoning_steps,
     side_text,
+    token_counts,
     unigram_entropy,
 )
 
@@ -40,6 +41,34 @@ def computed(name: str, pool: Pool, store: SignalStore, **params) -> dict:
     sig = make_signal(name, **params)
     run_signal(sig, pool, store, show_progress=False)
     return read_signal(sig, pool, store)
+
+
+# --------------------------------------------------------------------------- token counts
+
+TEXTS = ["", "Natalia sold clips to 48 of her friends in April.", "  spaces\tand\nnew lines  ",
+         "unicode: café, naïve, 東京, emoji 🙂, <|im_start|> a special token", "x" * 3000]
+
+
+@pytest.mark.parametrize("model", ["micro", "small"])
+def test_token_counts_equal_the_tokenizers_own_ids(model):
+    from thresher.models.load import load_tokenizer
+
+    tok = load_tokenizer(model)
+    want = [len(ids) for ids in tok(TEXTS, add_special_tokens=False)["input_ids"]]
+    got = token_counts(tok, TEXTS)
+    assert got.dtype == np.int64 and got.tolist() == want and want[0] == 0 and want[4] > 0
+
+
+def test_token_counts_of_a_truncating_backend_go_through_the_call():
+    from thresher.models.load import load_tokenizer
+
+    tok = load_tokenizer("small")
+    tok.backend_tokenizer.enable_truncation(max_length=5)  # the fast path would count 5: the call does not truncate
+    try:
+        got = token_counts(tok, TEXTS)
+    finally:
+        tok.backend_tokenizer.no_truncation()
+    assert got.tolist() == [len(ids) for ids in tok(TEXTS, add_special_tokens=False)["input_ids"]] and got.max() > 5
 
 
 # --------------------------------------------------------------------------- unigram entropy

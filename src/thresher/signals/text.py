@@ -15,6 +15,7 @@ from pydantic import Field
 
 from thresher.models.load import load_tokenizer, model_identity, quiet_length_warning
 from thresher.signals.base import Signal, SignalParams, register_signal
+from thresher.signals.bpe_count import ByteLevelCounter
 from thresher.threads import tokenizer_threads
 
 
@@ -40,20 +41,35 @@ class TextStats(Signal):
     def setup(self) -> None:
         # counting tokens of any length is the point: no "longer than the maximum" warning
         self.tokenizer = quiet_length_warning(load_tokenizer(self.params.model))
+        self.counter = ByteLevelCounter.for_tokenizer(self.tokenizer)  # GPT-2-style BPE: counted without tokenizing
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         users = ["\n\n".join(m["content"] for m in r["messages"] if m["role"] != "assistant") for r in records]
         answers = ["\n\n".join(m["content"] for m in r["messages"] if m["role"] == "assistant") for r in records]
-        with tokenizer_threads():  # the Rust tokenizer over the process's thread budget
-            tu = self.tokenizer(users, add_special_tokens=False)["input_ids"]
-            ta = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
+        ku, ka = token_counts(self.tokenizer, users, self.counter), token_counts(self.tokenizer, answers, self.counter)
         cu = np.array([len(u) for u in users], dtype=np.int64)
         ca = np.array([len(a) for a in answers], dtype=np.int64)
-        ku = np.array([len(t) for t in tu], dtype=np.int64)
-        ka = np.array([len(t) for t in ta], dtype=np.int64)
         turns = np.array([sum(m["role"] == "assistant" for m in r["messages"]) for r in records], dtype=np.int64)
         return {"chars_user": cu, "chars_answer": ca, "chars_total": cu + ca, "tokens_user": ku, "tokens_answer": ka,
                 "tokens_total": ku + ka, "turns": turns}
+
+
+def token_counts(tokenizer, texts: list[str], counter: ByteLevelCounter | None = None) -> np.ndarray:
+    """Tokens of each text without special tokens, over the process's thread budget: by
+    ``counter`` when given (a GPT-2-style byte-level BPE, :mod:`thresher.signals.bpe_count`);
+    else a fast tokenizer whose Rust backend neither truncates nor pads is asked for the counts
+    alone (``encode_batch_fast``: no offsets, no Python lists of ids); any other tokenizer goes
+    through its ``__call__``. The same counts every way."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    with tokenizer_threads():
+        if counter is not None:
+            return counter.counts(texts)
+        if backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None \
+                and backend.padding is None:
+            return np.fromiter((len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)),
+                               dtype=np.int64, count=len(texts))
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return np.array([len(t) for t in ids], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- sides of a record
