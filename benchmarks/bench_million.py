@@ -28,7 +28,9 @@ The model signals (``lm``: loss, IFD; ``crossfit_loss``) are not in the chain: t
 forward pass per example (on this CPU ~40-400 examples/s for SmolLM2), which at 1M belongs
 on a GPU (``thresher score --engine ray`` across GPU workers).
 
-Each size runs in a fresh subprocess (so peak RSS is that size's). With several sizes
+Each size runs in a fresh subprocess (so peak RSS is that size's; the CPU-bound text, hash and
+static-embedding signals run their shards in one forked worker per core, whose largest peak RSS is
+printed apart: their pages are the chain's, shared copy-on-write). With several sizes
 the table gives the log-log wall and memory exponents (1.0 = linear).
 
     python benchmarks/bench_million.py                              # 1M
@@ -67,6 +69,12 @@ def rss_mb() -> float:
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker_peak_mb() -> float:
+    """The largest peak RSS of this process's finished children: the engine's forked shard workers
+    (their pages are the chain's, shared copy-on-write, plus what each shard builds)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
 
 class MathShareOracle:
@@ -211,6 +219,7 @@ def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
         stage("AutoSelection recipe", t)
         res["facts"]["recipe_selected"] = len(sel.ids)
         res["peak_rss_mb"] = round(peak_mb())  # the chain's own peak (the peer below runs in this process too)
+        res["worker_peak_rss_mb"] = round(worker_peak_mb())
         if peer:
             res["peer"] = semhash_peer(pool, store, encoder)
     finally:
@@ -265,16 +274,17 @@ def print_table(results: list[dict]) -> None:
     head = f"{'stage':<36}" + "".join(f"{f'{n:,} s':>12}{'share':>7}" for n in sizes) + f"{'exponent':>10}"
     print(head)
     print("-" * len(head))
-    for name in names + ["total", "peak RSS (MB)"]:
+    memory = {"peak RSS (MB)": "peak_rss_mb", "shard workers' peak RSS (MB)": "worker_peak_rss_mb"}
+    for name in names + ["total", *memory]:
         if name == "total":
             vals = [r["total_s"] for r in results]
-        elif name == "peak RSS (MB)":
-            vals = [r["peak_rss_mb"] for r in results]
+        elif name in memory:
+            vals = [r.get(memory[name]) for r in results]
         else:
             vals = [r["stages"].get(name) for r in results]
         cells = ""
         for r, v in zip(results, vals):
-            share = f"{100 * v / r['total_s']:.0f}%" if v is not None and name not in ("peak RSS (MB)",) else ""
+            share = f"{100 * v / r['total_s']:.0f}%" if v is not None and name not in memory else ""
             cells += f"{(f'{v:,.1f}' if v is not None else '-'):>12}{share:>7}"
         pts = [(n, v) for n, v in zip(sizes, vals) if v]
         e = slope(pts[0][0], pts[0][1], pts[-1][0], pts[-1][1]) if len(pts) >= 2 else None

@@ -327,6 +327,19 @@ def test_selectors_and_task_relevance_resolve_auto():
     assert rel.for_pool(small_pool()).params.embed_model == "minilm"
 
 
+def test_static_embedding_shards_in_worker_processes_equal_one_encode_call(as_static, tmp_path, monkeypatch):
+    from thresher.engine.processes import shard_workers
+
+    monkeypatch.setenv("THRESHER_THREADS", "2")
+    pool, store = small_pool(), SignalStore(tmp_path / "store")
+    sig = Embedding(model="static", text="user")
+    assert sig.process_shards and shard_workers(sig, 3) == 2 and not Embedding(model="minilm").process_shards
+    run_signal(sig, pool, store, shard_size=2, show_progress=False)  # shards of 2 rows over 2 forked workers
+    out = read_signal(sig, pool, store)
+    want, norms = encode_texts(as_static, [embed_text(r, "user") for r in pool])
+    assert np.array_equal(out[VECTORS], want) and np.array_equal(out["embedding_norm"], norms)
+
+
 def test_embedding_signal_and_task_relevance_with_static(as_static, tmp_path):
     pool = small_pool()
     store = SignalStore(tmp_path / "store")

@@ -1,6 +1,7 @@
 """Engines run signals over a pool and write them to the store.
 
-``local`` (default): in-process, shard by shard, with a progress bar. ``ray``: the same
+``local`` (default): in-process, shard by shard, with a progress bar; a CPU-bound, model-free
+signal's shards go to one forked process per core (:mod:`thresher.engine.processes`). ``ray``: the same
 shards as Ray tasks / an actor pool (see :mod:`thresher.engine.ray`). Both write the
 same shards, so the stored signals are identical whichever engine computed them.
 Example-scope signals resume after a kill: finished shards are skipped.
@@ -25,6 +26,7 @@ from typing import Any
 
 from thresher.data.pool import Pool
 from thresher.data.store import SignalKey, SignalStore
+from thresher.engine.processes import map_shards, shard_workers
 from thresher.engine.ray import run_shards_ray
 from thresher.engine.shards import (
     compute_example_shard,
@@ -118,6 +120,14 @@ def run_signal(signal: Signal, pool: Pool, store: SignalStore, *, engine: str = 
         if engine == "ray":
             run_shards_ray(signal, pool, store, key, todo, address=ray_address, actors=ray_actors, show_progress=show_progress,
                            counts=counts)
+        elif (workers := shard_workers(signal, len(todo))) > 1:
+            with progress(total=len(pool), desc=f"signal {signal.name} ({workers} processes)", disable=not show_progress,
+                          unit="ex") as bar:
+                bar.update(sum(e - s for i, s, e in plan if i in done))
+                for i, ids, cols in map_shards(signal, pool, todo, workers):
+                    count_flags(cols, counts)
+                    write_shard(store, key, i, ids, cols, signal)
+                    bar.update(len(ids))
         else:
             with progress(total=len(pool), desc=f"signal {signal.name}", disable=not show_progress, unit="ex") as bar:
                 bar.update(sum(e - s for i, s, e in plan if i in done))

@@ -45,6 +45,9 @@ class Signal:
     # example-scope signals that load a model can ask for a larger shard or a process of its own
     default_shard_size: ClassVar[int] = 2048
     heavy: ClassVar[bool] = False
+    #: CPU-bound and model-free: the local engine computes its shards in one forked process per core
+    #: (:mod:`thresher.engine.processes`); a subclass may make it a property of its params
+    process_shards: ClassVar[bool] = False
     #: the ``model`` param is the scorer: ``model="auto"`` resolves on the pool (:meth:`for_pool`)
     scorer_model: ClassVar[bool] = False
     #: the param naming the sentence encoder (where there is one): ``"auto"`` resolves on the pool (:meth:`for_pool`)

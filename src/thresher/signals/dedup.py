@@ -92,6 +92,7 @@ class ExactDedup(Signal):
     Params = SignalParams
     description = "SHA-256 hex of the normalised (lower-cased, whitespace-collapsed, stripped) user + answer text: equal keys = exact duplicates"
     default_shard_size = 16384
+    process_shards = True
 
     def compute(self, records: list[dict]) -> dict[str, Any]:
         return {"exact_key": [exact_key(r) for r in records]}

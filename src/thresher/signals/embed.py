@@ -205,6 +205,12 @@ class Embedding(Signal):
     heavy = True
     encoder_param = "model"  # model="auto" resolves on the pool (Signal.for_pool)
 
+    @property
+    def process_shards(self) -> bool:
+        """The static encoder's shards go to one process per core (:mod:`thresher.engine.processes`);
+        a transformer encoder keeps the process and its threads."""
+        return self.params.model in STATIC_ALIASES
+
     def model_id(self) -> str | None:
         return encoder_identity(self.params.model)
 

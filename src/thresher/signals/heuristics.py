@@ -139,6 +139,7 @@ class BloomHeuristic(Signal):
     description = ("HEURISTIC Bloom's taxonomy level of the instruction (1 Remember .. 6 Create) from action-verb "
                    "lists: the highest level whose verb appears, 1 if none; bloom_norm = (level - 1) / 5")
     default_shard_size = 16384
+    process_shards = True
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         levels = np.array([bloom_level(instruction_text(r, self.params.text)) for r in records], dtype=np.int64)

@@ -32,6 +32,7 @@ class TextStats(Signal):
     Params = TextParams
     description = "characters and tokenizer tokens of the user and assistant sides, and the number of assistant turns"
     default_shard_size = 4096
+    process_shards = True  # the tokenizer's counting is Python (bpe_count) or one Rust thread a process
     scorer_model = True  # model="auto" resolves on the pool, like the lm signal's scorer
     scorer_role = "tokenizer"
 
@@ -122,6 +123,7 @@ class UnigramEntropy(Signal):
     Params = UnigramEntropyParams
     description = "Shannon entropy (nats) of the lower-cased \\b\\w+\\b word distribution of one side (default: the answer)"
     default_shard_size = 16384
+    process_shards = True
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         side = self.params.side
@@ -191,6 +193,7 @@ class ReasoningSteps(Signal):
     description = ("sentences of the answer that are reasoning steps: contain an arithmetic operation, start with a "
                    "step word (Step n, First, Then, Next, Finally...) or start a numbered/bulleted list item")
     default_shard_size = 16384
+    process_shards = True
 
     def compute(self, records: list[dict]) -> dict[str, np.ndarray]:
         return {"reasoning_steps": np.array([reasoning_steps(side_text(r, "answer")) for r in records], dtype=np.int64)}
