@@ -71,6 +71,54 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _pss_kb(pid: int | str) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+    except OSError:  # a worker that just exited
+        return 0
+
+
+class MachinePeak:
+    """The peak of this process's memory plus its children's (the forked shard workers),
+    counted as proportional set size (Linux ``smaps_rollup``: a page shared by k processes
+    counts 1/k in each, so the sum is the memory the job holds), sampled every ``every`` s."""
+
+    def __init__(self, every: float = 0.5):
+        import threading
+
+        self.peak_kb, self.every, self._stop = 0, every, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> list[str]:
+        me, out = str(os.getpid()), []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[1] == me:
+                            out.append(d)
+                except OSError:
+                    continue
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak_kb = max(self.peak_kb, _pss_kb("self") + sum(_pss_kb(c) for c in self._children()))
+
+    def start(self) -> MachinePeak:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024.0
+
+
 def worker_peak_mb() -> float:
     """The largest peak RSS of this process's finished children: the engine's forked shard workers
     (their pages are the chain's, shared copy-on-write, plus what each shard builds)."""
@@ -121,16 +169,15 @@ class MathShareOracle:
 
 def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
     os.environ.setdefault("THRESHER_PROGRESS", "0")
+    import million_pool
     import numpy as np
 
-    import million_pool
     from thresher.api import compute_required
     from thresher.data.pool import load_pool
     from thresher.data.store import SignalStore
     from thresher.decontam import exclude_test_overlap
     from thresher.engine.local import run_signal
-    from thresher.select.base import SignalView, SubsetSignalView, make_selector
-    from thresher.select.base import Budget
+    from thresher.select.base import Budget, SignalView, SubsetSignalView, make_selector
     from thresher.signals.base import make_signal
     from thresher.tasks import get_task
 
@@ -143,8 +190,9 @@ def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
               f"peak {res['peak_mb'][name]:7.0f} MB", file=sys.stderr, flush=True)
 
     root = million_pool.build(n, quiet=True)
-    labels = [json.loads(line) for line in open(root / "labels.jsonl")]
+    labels = [json.loads(line) for line in (root / "labels.jsonl").read_text().splitlines()]
     work = Path(tempfile.mkdtemp(prefix=f"million-{n}-"))
+    machine = MachinePeak().start()
     try:
         t = time.perf_counter()
         pool, report = load_pool(root / "pool", on_error="skip", rejects_path=work / "rejects.jsonl")
@@ -182,7 +230,7 @@ def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
         res["facts"]["planted_near_dups_found_by_minhash"] = int(found)
 
         t = time.perf_counter()
-        view_pool, _, decon = exclude_test_overlap(pool, task, show_progress=False)
+        view_pool, _, _ = exclude_test_overlap(pool, task, show_progress=False)
         res["facts"]["test_overlap_excluded"] = len(pool) - len(view_pool)
         stage("decontaminate (gsm8k test)", t)
         sview = SubsetSignalView(view_pool, view) if view_pool is not pool else view
@@ -220,9 +268,11 @@ def run_chain(n: int, engine: str, encoder: str, peer: bool, out: Path) -> None:
         res["facts"]["recipe_selected"] = len(sel.ids)
         res["peak_rss_mb"] = round(peak_mb())  # the chain's own peak (the peer below runs in this process too)
         res["worker_peak_rss_mb"] = round(worker_peak_mb())
+        res["machine_peak_pss_mb"] = round(machine.peak_mb)
         if peer:
             res["peer"] = semhash_peer(pool, store, encoder)
     finally:
+        machine.stop()
         shutil.rmtree(work, ignore_errors=True)
     res["total_s"] = round(sum(res["stages"].values()), 1)
     out.write_text(json.dumps(res))
@@ -274,7 +324,8 @@ def print_table(results: list[dict]) -> None:
     head = f"{'stage':<36}" + "".join(f"{f'{n:,} s':>12}{'share':>7}" for n in sizes) + f"{'exponent':>10}"
     print(head)
     print("-" * len(head))
-    memory = {"peak RSS (MB)": "peak_rss_mb", "shard workers' peak RSS (MB)": "worker_peak_rss_mb"}
+    memory = {"peak RSS (MB)": "peak_rss_mb", "shard workers' peak RSS (MB)": "worker_peak_rss_mb",
+              "peak PSS, chain + workers (MB)": "machine_peak_pss_mb"}
     for name in names + ["total", *memory]:
         if name == "total":
             vals = [r["total_s"] for r in results]
