@@ -148,7 +148,9 @@ def test_two_processes_with_different_shard_sizes_leave_one_complete_aligned_sig
     run_signal(sig, pool, ref, shard_size=7, show_progress=False)
 
     store = tmp_path / "store"
-    env = dict(os.environ, THRESHER_PROGRESS="0")
+    # one thread: the shards stay in the process, where the slowed compute_example_shard runs them
+    # (with more, the engine's forked shard workers would compute them unslowed)
+    env = dict(os.environ, THRESHER_PROGRESS="0", THRESHER_THREADS="1")
     first = subprocess.Popen(_slow_score(pool_file, store, 5, 0.2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and first.poll() is None and len(list(store.glob("*/*/shard-*.done"))) < 2:
