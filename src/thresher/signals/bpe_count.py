@@ -61,6 +61,13 @@ def is_gpt2_byte_level(backend) -> bool:
             and backend.truncation is None and backend.padding is None)
 
 
+def backend_counts(backend, texts: list[str]) -> np.ndarray:
+    """Tokens of each text without special tokens (int64) from a Rust ``tokenizers.Tokenizer``:
+    ``encode_batch_fast`` (no offsets) and the length of each encoding, no id lists."""
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+    return np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(texts))
+
+
 class ByteLevelCounter:
     """Token counts of a GPT-2-style byte-level BPE tokenizer (see the module docstring);
     ``limit`` distinct pre-tokens are remembered before the memory starts over."""
@@ -89,8 +96,7 @@ class ByteLevelCounter:
         fast = [i for i, t in enumerate(texts) if self.fast(t)]
         slow = np.setdiff1d(np.arange(len(texts)), fast)
         if len(slow):
-            encodings = self.backend.encode_batch_fast([texts[i] for i in slow], add_special_tokens=False)
-            out[slow] = [len(e) for e in encodings]
+            out[slow] = backend_counts(self.backend, [texts[i] for i in slow])
         if fast:
             out[fast] = self._counts([texts[i] for i in fast])
         return out

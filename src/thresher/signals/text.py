@@ -15,7 +15,7 @@ from pydantic import Field
 
 from thresher.models.load import load_tokenizer, model_identity, quiet_length_warning
 from thresher.signals.base import Signal, SignalParams, register_signal
-from thresher.signals.bpe_count import ByteLevelCounter
+from thresher.signals.bpe_count import ByteLevelCounter, backend_counts
 from thresher.threads import tokenizer_threads
 
 
@@ -67,8 +67,7 @@ def token_counts(tokenizer, texts: list[str], counter: ByteLevelCounter | None =
             return counter.counts(texts)
         if backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None \
                 and backend.padding is None:
-            return np.fromiter((len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)),
-                               dtype=np.int64, count=len(texts))
+            return backend_counts(backend, texts)
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return np.array([len(t) for t in ids], dtype=np.int64)
 
