@@ -21,7 +21,8 @@ TINY = {"autoselection": {"oracle_budget": 3}, "random_recipes": {"oracle_budget
 
 
 def report(rows: list[dict], run_dir: Path, cfg) -> str:
-    from thresher.bench.run import compare, describe_comparison, row_id
+    from thresher.bench.results import compare, describe_comparison
+    from thresher.bench.run import row_id
     from thresher.select.autoselection.plots import plot_best_so_far
 
     auto = sorted((r for r in rows if r["method"] == "autoselection"), key=lambda r: r["seed"])

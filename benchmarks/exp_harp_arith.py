@@ -72,7 +72,7 @@ def effects(rows: list[dict], run_dir: Path, cfg) -> dict:
 
 
 def report(rows: list[dict], run_dir: Path, cfg, leaves: int) -> str:
-    from thresher.bench.run import compare, describe_comparison
+    from thresher.bench.results import compare, describe_comparison
 
     test = {(r["method"], r["seed"]): r["test"] for r in rows}
     lines = [f"# HARP on arith ({cfg.name})\n\nBench table (vs random, oracle runs): `table.md`.\n",

@@ -18,7 +18,8 @@ TINY = {"thtb": {"scorer_warmup": 40, "scorer_warmup_steps": 10}}
 
 
 def report(rows: list[dict], run_dir: Path, cfg) -> str:
-    from thresher.bench.run import compare, describe_comparison, row_id
+    from thresher.bench.results import compare, describe_comparison
+    from thresher.bench.run import row_id
     from thresher.tasks.arith import defect_counts
     from thresher.tasks.base import read_defect_labels
 

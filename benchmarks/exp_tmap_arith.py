@@ -23,7 +23,7 @@ def report(rows: list[dict], run_dir: Path, cfg) -> str:
     import numpy as np
     from scipy.stats import spearmanr
 
-    from thresher.bench.run import compare, describe_comparison
+    from thresher.bench.results import compare, describe_comparison
     from thresher.select.tmap.selector import plot_weights
 
     by = {(r["method"], r["seed"]): r for r in rows}

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from thresher.bench.results import summarise
 from thresher.bench.run import (
     BenchConfig,
     BenchConfigError,
     run_bench,
-    summarise,
 )
 from thresher.data.ledger import CostLedger
 
@@ -203,3 +203,34 @@ def test_the_four_methods_run_in_a_bench_and_their_plots_reach_the_report(tmp_pa
     for needle in ("thtb_stage", "tmap_weights", "best", "harp"):
         assert needle in html, needle
     assert html.count("data:image/png;base64,") >= 2 + 3 + 1 + 1 + 1
+
+
+def test_the_base_reference_is_the_untrained_model_scored_once(tmp_path):
+    from thresher.bench.results import summarise
+    from thresher.bench.run import build_pool_and_task
+    from thresher.models.evaluate import evaluate_task
+    from thresher.models.load import load_model
+
+    cfg = BenchConfig.from_dict({**TINY, "methods": ["random"], "references": ["base"], "workers": 1})
+    rows = run_bench(cfg, tmp_path / "run", show_progress=False)
+    base = {r["seed"]: r for r in rows if r["method"] == "base"}
+    assert sorted(base) == [0, 1]
+    for r in base.values():
+        assert r["reference"] and r["budget"] == "0" and r["n_selected"] == 0
+        assert r["oracle_runs"] == 0 and r["tokens_trained"] == 0
+    assert base[0]["test"] == base[1]["test"] and base[0]["test_correct"] == base[1]["test_correct"]
+    # the value is the base model's own score on the test items, and test was scored once for both seeds
+    _, task, _ = build_pool_and_task(cfg, tmp_path / "run" / "data")
+    lm = load_model(cfg.model)
+    direct = evaluate_task(lm.model, lm.tokenizer, task.dev_view(), task._sealed_test(), show_progress=False)
+    assert base[0]["test"] == pytest.approx(direct["value"], abs=1e-4)
+    log = [json.loads(x) for x in (tmp_path / "run" / "oracle" / "test_log.jsonl").read_text().splitlines()]
+    assert [e["label"] for e in log].count("base") == 1 and len(log) == 1 + 2  # base once, random per seed
+    s = {x["method"]: x for x in summarise(rows)}
+    assert s["base"]["random_budget"] == "0.25" and s["base"]["paired_seeds"] == [0, 1]
+    assert "| base (ref) | 0 | 0 |" in (tmp_path / "run" / "table.md").read_text()
+    with pytest.raises(BenchConfigError, match="references"):
+        BenchConfig.from_dict({**TINY, "references": ["base", "oracle-best"]})
+    # base needs no hidden labels: a pool file without them may ask for it
+    assert BenchConfig.from_dict({**TINY, "pool": {"path": "pool.jsonl"}, "task": {"name": "arith"},
+                                  "references": ["base"]}).references == ["base"]

@@ -85,7 +85,7 @@ def figs(run):
         cost_figure,
         method_styles,
     )
-    from thresher.bench.run import load_rows, summarise
+    from thresher.bench.results import load_rows, summarise
 
     rows = load_rows(run)
     summary = summarise(rows)

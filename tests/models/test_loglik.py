@@ -137,7 +137,7 @@ def test_small_bench_configs_load(name):
             "autoselection"} <= names
     for m in cfg.methods:  # every method's params validate
         make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
-    assert len(_plan(cfg, 0)) == len(cfg.methods)
+    assert cfg.references == ["clean-only", "base"] and len(_plan(cfg, 0)) == len(cfg.methods) + 2
 
 
 def test_bench_config_rejects_bad_inner_oracle_and_metric():

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.bench.run import BenchConfig, run_bench, summarise
+from thresher.bench.results import summarise
+from thresher.bench.run import BenchConfig, run_bench
 from thresher.data.io import atomic_write_json
 from thresher.data.ledger import CostLedger
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.bench.run import load_rows, summarise
+from thresher.bench.results import load_rows, summarise
 from thresher.data.io import atomic_write_text
 
 MARKERS = "os^DvP*Xph<>d"

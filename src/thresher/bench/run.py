@@ -22,7 +22,7 @@ A bench config (YAML, read with ``yaml.safe_load``)::
       - {name: ifd}
       - {name: thtb, label: thtb-offline, params: {quality: "loss:low"}}
       - {name: random, label: random-600, budgets: [600]}   # this method's own budgets (the bench's otherwise)
-    references: [clean-only]               # reference rows from the hidden labels (not selectors; testbed or labelled pools)
+    references: [clean-only, base]         # reference rows, not selectors (clean-only: from the hidden labels)
 
 Order of work, per seed: every (method, budget) row still missing is selected first (search
 methods call the oracle while they select), then the final subsets are fine-tuned together
@@ -33,11 +33,13 @@ and a search replays its trace, so a killed bench continues where it stopped. A 
 score, test score, the oracle runs and proxy calls the *selection* made (cached or not: the
 cost the method needs on its own) plus the final training run, tokens trained, wall seconds,
 the hidden-defect counts when the pool has them, and ``reference`` (true only for reference
-rows). ``full`` and the references run once per seed, at budget ``1.0``.
+rows). ``full`` and the references run once per seed, ``full`` and ``clean-only`` at budget ``1.0``.
 
-References (``references:``) are rows built from the hidden labels, never selectors: an upper
-reference a selector can be measured against. ``clean-only`` trains on every example the labels
-call ``clean``. They need labels: the arith and gsm8k-mix testbeds, or ``pool: {path: ..., labels: FILE}``.
+References (``references:``) are rows that are not selectors, to read the selectors against.
+``clean-only`` trains on every example the hidden labels call ``clean`` (an upper reference; it
+needs labels: the arith and gsm8k-mix testbeds, or ``pool: {path: ..., labels: FILE}``). ``base``
+is the base model without fine-tuning (budget ``0``, no subset; scored once, cached across
+seeds): does training on any subset help at all?
 
 Decontamination (``decontaminate: true``, the default; ``thresher bench --no-decontaminate`` or
 ``decontaminate: false`` turns it off with a warning): before any selection, the pool examples
@@ -46,9 +48,7 @@ excluded, so every method selects from, and resolves its budget on, the same cle
 overlap is reported, not excluded. The full report goes to ``RUN_DIR/decontamination.json`` and
 every row states its counts: ``decontamination: {test: {excluded}, dev: {overlap}}``.
 
-Statistics (:func:`summarise`): per method and budget, the mean and a paired bootstrap
-CI of the difference to ``random`` on the same seeds, resampling seeds and, within each,
-the test items (the correctness vectors of the two models on the same items).
+The statistics and the table: :mod:`thresher.bench.results`.
 """
 from __future__ import annotations
 
@@ -61,8 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from thresher.bench.results import inner_fidelity, markdown_table, summarise
 from thresher.data.io import atomic_write_json
 from thresher.data.ledger import CostLedger
 from thresher.data.pool import load_pool
@@ -82,7 +81,6 @@ from thresher.select.base import (
     make_selector,
     selector_class,
 )
-from thresher.stats import seed_item_bootstrap
 from thresher.tasks import get_task
 from thresher.tasks.arith import (
     ArithConfig,
@@ -99,7 +97,12 @@ ROW_KEYS = ("method", "selector", "params", "budget", "seed", "n_selected", "dev
             "tokens_trained", "wall_s", "defects", "decontamination", "reference")
 
 #: reference rows a bench can add from the hidden labels (not selectors)
-REFERENCES = {"clean-only": "every example the hidden labels call clean"}
+REFERENCES = {"clean-only": "every example the hidden labels call clean",
+              "base": "the base model, not fine-tuned (an empty subset)"}
+#: a reference's budget label (its row id); the others run at 1.0
+_REFERENCE_BUDGETS = {"base": "0"}
+#: the references built from the hidden labels (the others need none)
+_LABELLED_REFERENCES = {"clean-only"}
 
 
 class BenchConfigError(ConfigError):
@@ -187,7 +190,7 @@ class BenchConfig:
         if not isinstance(references, list) or any(r not in REFERENCES for r in references):
             raise BenchConfigError(f"{source}: 'references' must be a list of {sorted(REFERENCES)} (reference rows from the "
                                    f"hidden labels), got {references!r}")
-        if references and "path" in pool and not pool.get("labels"):
+        if _LABELLED_REFERENCES & set(references) and "path" in pool and not pool.get("labels"):
             raise BenchConfigError(f"{source}: references {references} need hidden labels: the testbed pools have them; "
                                    "for a pool file add 'labels: DEFECTS.jsonl' under 'pool'")
         labels = [m.label for m in methods] + list(references)
@@ -346,7 +349,8 @@ def _plan(cfg: BenchConfig, seed: int) -> list[tuple[MethodSpec | str, str]]:
         for b in m.budgets or []:
             plan.setdefault(row_id(m.label, b, seed), (m, b))
     for ref in cfg.references:
-        plan.setdefault(row_id(ref, "1.0", seed), (ref, "1.0"))
+        budget = _REFERENCE_BUDGETS.get(ref, "1.0")
+        plan.setdefault(row_id(ref, budget, seed), (ref, budget))
     return list(plan.values())
 
 
@@ -365,7 +369,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
     atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "commit": _git_commit(), "python": platform.python_version(),
                                            "machine": f"{platform.machine()} {os.cpu_count()} cpus"})
     pool, task, labels = build_pool_and_task(cfg, run_dir / "data")
-    if cfg.references and labels is None:
+    if _LABELLED_REFERENCES & set(cfg.references) and labels is None:
         raise BenchConfigError(f"{cfg.source}: references {cfg.references} need the pool's hidden labels, and it has none")
     refs = f" + references {', '.join(cfg.references)}" if cfg.references else ""
     console.print(f"bench {cfg.name}: pool {len(pool)} ({pool.fingerprint[:12]}), task {task.name} dev {len(task.dev)} "
@@ -425,9 +429,12 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
         # 3. the final fine-tunes of this seed together (cfg.workers processes), then test once per selection
         if len(pending) > 1:
             console.print(f"seed {seed}: fine-tuning {len(pending)} final subsets ({cfg.workers} worker(s))")
-        devs = oracle.score_many([p.ids for p in pending], labels=[p.rid for p in pending], workers=cfg.workers)
-        for p, dev in zip(pending, devs):
-            test = oracle.score_test(p.ids, label=p.rid)
+        trained = [p for p in pending if p.ids]  # the base reference trains nothing
+        devs = dict(zip([p.rid for p in trained], oracle.score_many([p.ids for p in trained], labels=[p.rid for p in trained],
+                                                                     workers=cfg.workers) if trained else []))
+        for p in pending:
+            dev = devs[p.rid] if p.ids else oracle.base_score("dev")
+            test = oracle.score_test(p.ids, label=p.rid) if p.ids else oracle.base_score("test")
             row = {
                 "method": p.label, "selector": p.selector, "params": p.params, "budget": p.budget, "seed": seed,
                 "n_selected": len(p.ids), "dev": round(dev.value, 4), "test": round(test.value, 4),
@@ -447,10 +454,13 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
     if select_only:
         return []
     rows_list = [rows[rid] for rid in order if rid in rows]
-    summary = summarise(rows_list)
-    atomic_write_json(run_dir / "results.json", {"config": cfg.to_dict(), "commit": _git_commit(), "rows": rows_list,
-                                            "summary": summary, "ledger": ledger.summary()})
-    (run_dir / "table.md").write_text(markdown_table(rows_list, summary, cfg))
+    summary, commit = summarise(rows_list), _git_commit()
+    atomic_write_json(run_dir / "results.json", {"config": cfg.to_dict(), "commit": commit, "rows": rows_list,
+                                            "summary": summary, "inner_fidelity": inner_fidelity(rows_list),
+                                            "ledger": ledger.summary()})
+    preamble = (f"# bench {cfg.name}\n\nmodel {cfg.model}, train {cfg.train or 'tier defaults'}, seeds {cfg.seeds}, oracle "
+                f"budget for search methods {cfg.oracle_budget}, inner oracle {cfg.inner_oracle or 'none'}, commit `{commit}`\n")
+    (run_dir / "table.md").write_text(markdown_table(rows_list, summary, preamble))
     return rows_list
 
 
@@ -471,14 +481,14 @@ def _select(m: MethodSpec, selector, rid: str, budget: str, seed: int, sel_pool,
 
 
 def _reference(name: str, rid: str, budget: str, seed: int, sel_pool, pool, labels: dict, run_dir: Path) -> _Pending:
-    """A reference row's subset, from the hidden labels (of the pool the selectors saw)."""
-    ids = [i for i in sel_pool.ids if labels.get(i) == "clean"]  # clean-only, the one reference
-    if not ids:
+    """A reference row's subset: from the hidden labels (of the pool the selectors saw), or none (base)."""
+    ids = [] if name == "base" else [i for i in sel_pool.ids if labels.get(i) == "clean"]
+    if not ids and name != "base":
         raise BenchConfigError(f"reference {name}: the hidden labels call no example of the pool clean")
     sel = Selection(ids=ids, method=name, params={}, budget=budget, seed=seed, pool_fingerprint=pool.fingerprint,
                     pool_size=len(sel_pool), diagnostics={"reference": REFERENCES[name]})
     sel.save(run_dir / "selections" / f"{rid}.jsonl", pool)
-    return _Pending(rid, name, name, budget, ids, {}, sel.diagnostics, 1, 0, 0.0, reference=True)
+    return _Pending(rid, name, name, budget, ids, {}, sel.diagnostics, 1 if ids else 0, 0, 0.0, reference=True)
 
 
 def _flag(value, key: str, source: str) -> bool:
@@ -509,126 +519,8 @@ def _row_decontamination(meta: dict) -> dict:
     return {"test": {"excluded": meta["test"]["excluded"]}, "dev": {"overlap": meta["dev"]["overlap"]}}
 
 
-def _decontamination_line(rows: list[dict]) -> str:
-    """One line for the table: the rows' contamination counts (each distinct setting once)."""
-    seen = []
-    for r in rows:
-        d = r.get("decontamination")
-        text = ("not recorded" if d is None else "off (pool examples overlapping test were not excluded)" if d.get("off")
-                else f"{d['test']['excluded']} pool examples overlapping test excluded before selection, "
-                     f"{d['dev']['overlap']} overlapping dev kept")
-        if text not in seen:
-            seen.append(text)
-    return f"decontamination: {'; '.join(seen)}\n" if seen else ""
-
-
 def _defects(ids, labels):
     if labels is None:
         return None
 
     return defect_counts(ids, labels)
-
-
-def load_rows(run_dir: str | os.PathLike) -> list[dict]:
-    rows = [json.loads(p.read_text()) for p in sorted(Path(run_dir, "rows").glob("*.json"))]
-    if not rows:
-        raise FileNotFoundError(f"no bench rows in {run_dir}/rows (run `thresher bench CONFIG --out {run_dir}` first)")
-    return rows
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def _items(row: dict) -> list:
-    """A row's per-test-item values of its metric (``test_items``; 0/1 ``test_correct`` for accuracy)."""
-    return row.get("test_items") or row.get("test_correct") or []
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per (method, budget): means, paired difference to random with a bootstrap CI."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["budget"]), []).append(r)
-    random_by = {(r["budget"], r["seed"]): r for r in rows if r["selector"] == "random"}
-    out = []
-    for (method, budget), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rs = sorted(rs, key=lambda r: r["seed"])
-        s = {"method": method, "budget": budget, "seeds": [r["seed"] for r in rs], "n": len(rs),
-             "n_selected": float(np.mean([r["n_selected"] for r in rs])),
-             "dev_mean": float(np.mean([r["dev"] for r in rs])), "test_mean": float(np.mean([r["test"] for r in rs])),
-             "test_sd": float(np.std([r["test"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
-             "oracle_runs": float(np.mean([r["oracle_runs"] for r in rs])), "proxy_calls": float(np.mean([r["proxy_calls"] for r in rs])),
-             "wall_s": float(np.mean([r["wall_s"] for r in rs])), "reference": any(r.get("reference") for r in rs)}
-        comp_budget = budget
-        pairs = [(r, random_by.get((comp_budget, r["seed"]))) for r in rs]
-        pairs = [(r, q) for r, q in pairs if q is not None and r["selector"] != "random"]
-        if pairs and all(_items(r) and _items(q) for r, q in pairs):
-            d, lo, hi = seed_item_bootstrap([_items(r) for r, _ in pairs], [_items(q) for _, q in pairs])
-            s.update({"vs_random": d, "ci_low": lo, "ci_high": hi, "significant": bool(lo > 0 or hi < 0),
-                      "paired_seeds": [r["seed"] for r, _ in pairs]})
-        out.append(s)
-    return out
-
-
-def compare(rows: list[dict], method: str, against: str, budget: str | None = None,
-            against_budget: str | None = None) -> dict | None:
-    """The paired test difference of ``method`` (at ``budget``) to ``against`` (at ``against_budget``,
-    default the same budget) on the seeds both have: mean and 95% seeds x items bootstrap CI, as
-    :func:`summarise` gives against random. None when they share no seed."""
-    def pick(m, b):
-        return {r["seed"]: r for r in rows if r["method"] == m and (b is None or r["budget"] == b)}
-
-    a, b = pick(method, budget), pick(against, against_budget or budget)
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    d, lo, hi = seed_item_bootstrap([_items(a[s]) for s in seeds], [_items(b[s]) for s in seeds])
-    return {"method": method, "against": against, "diff": d, "ci_low": lo, "ci_high": hi, "seeds": seeds,
-            "significant": bool(lo > 0 or hi < 0)}
-
-
-def describe_comparison(c: dict | None) -> str:
-    if c is None:
-        return "no common seeds"
-    return f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{' *' if c['significant'] else ''} (seeds {c['seeds']})"
-
-
-def markdown_table(rows: list[dict], summary: list[dict], cfg: BenchConfig | None = None) -> str:
-    lines = []
-    if cfg is not None:
-        lines.append(f"# bench {cfg.name}\n")
-        lines.append(f"model {cfg.model}, train {cfg.train or 'tier defaults'}, seeds {cfg.seeds}, oracle budget for search "
-                     f"methods {cfg.oracle_budget}, commit `{_git_commit()}`\n")
-    if _decontamination_line(rows):
-        lines.append(_decontamination_line(rows))
-    lines.append("## Summary (mean over seeds; difference to random on the same seeds, 95% paired bootstrap CI)\n")
-    lines.append("| method | budget | n | dev | test | test sd | vs random | 95% CI | oracle runs | proxy calls | wall s |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for s in summary:
-        vs = f"{s['vs_random']:+.3f}{' *' if s.get('significant') else ''}" if "vs_random" in s else ""
-        ci = f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]" if "ci_low" in s else ""
-        lines.append(f"| {_name(s)} | {s['budget']} | {s['n_selected']:.0f} | {s['dev_mean']:.3f} | {s['test_mean']:.3f} | "
-                     f"{s['test_sd']:.3f} | {vs} | {ci} | {s['oracle_runs']:.1f} | {s['proxy_calls']:.1f} | {s['wall_s']:.0f} |")
-    note = (" `ref` = a reference row built from the hidden labels (" + "; ".join(f"{k}: {v}" for k, v in REFERENCES.items())
-            + "), not a selector." if any(s.get("reference") for s in summary) else "")
-    lines.append(f"\n`*` the CI excludes 0. oracle runs = fine-tuning runs the selection needed plus the final one.{note}\n")
-    lines.append("## Rows\n")
-    has_defects = any(r.get("defects") for r in rows)
-    head = "| method | budget | seed | n | dev | test | oracle runs | proxy calls | tokens trained | wall s |"
-    head += " defects kept (wrong/trunc/fmt/dup/off/triv) |" if has_defects else ""
-    lines.append(head)
-    lines.append("|" + "---|" * (head.count("|") - 1))
-    for r in sorted(rows, key=lambda r: (r["budget"], r["method"], r["seed"])):
-        line = (f"| {_name(r)} | {r['budget']} | {r['seed']} | {r['n_selected']} | {r['dev']:.3f} | {r['test']:.3f} | "
-                f"{r['oracle_runs']} | {r['proxy_calls']} | {r['tokens_trained']} | {r['wall_s']:.0f} |")
-        if has_defects:
-            d = r.get("defects") or {}
-            line += (f" {d.get('wrong_answer', 0)}/{d.get('truncated', 0)}/{d.get('off_format', 0)}/"
-                     f"{d.get('exact_dup', 0) + d.get('near_dup', 0)}/{d.get('off_task', 0)}/{d.get('trivial', 0)} |")
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def _name(r: dict) -> str:
-    """A row's (or summary entry's) method as the tables show it: references marked."""
-    return f"{r['method']} (ref)" if r.get("reference") else r["method"]

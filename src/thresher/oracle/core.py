@@ -268,23 +268,44 @@ class Oracle:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
             return list(ex.map(run_job, jobs))
 
-    def base_score(self) -> Score:
-        """The base model's dev score without fine-tuning (b_d in HARP)."""
-        parts = [self._model_id, self._dev_fp, self.train.seed] + ([self._metric_tag] if self._metric_tag else [])
+    def base_score(self, split: str = "dev") -> Score:
+        """The base model's score without fine-tuning, on ``dev`` (b_d in HARP) or ``test`` (the
+        bench's ``base`` reference row). It does not depend on the training config: one cache
+        entry per model, dev split and metric, so the test split is scored once."""
+        if split not in ("dev", "test"):
+            raise ValueError(f"base_score: split must be 'dev' or 'test', got {split!r}")
+        parts = [self._model_id, self._dev_fp] + ([self._metric_tag] if self._metric_tag else [])
         key = "base-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-        res = self._load(key, "dev")
+        res = self._load(key, split)
         cached = res is not None
         if res is None:
-            res = run_job(self._job([], "base"))
-            self._save(key, "dev", res)
-        self._record("oracle", "base", key, res, cached, 0)
-        return self._to_score(key, res, "dev", cached)
+            job = self._job([], "base")
+            if split == "test":
+                job = dataclasses.replace(job, items=self._test_items(), desc="base test eval")
+            res = run_job(job)
+            if split == "test":
+                self._save_test(key, "base", res)
+            else:
+                self._save(key, split, res)
+        self._record("oracle" if split == "dev" else "test", "base", key, res, cached, 0)
+        return self._to_score(key, res, split, cached)
+
+    def _save_test(self, key: str, label: str, res: dict) -> None:
+        """A test result, cached and logged (``test_log.jsonl``: every test scoring, one line each)."""
+        self._save(key, "test", res)
+        with open(self.cache_dir / "test_log.jsonl", "a") as f:
+            f.write(json.dumps({"key": key, "label": label, "accuracy": res.get("accuracy"), "metric": res.get("metric", "accuracy"),
+                                "value": self._value(res), "at": time.time()}) + "\n")
+
+    def _test_items(self) -> list:
+        if not isinstance(self.task, Task):
+            raise TypeError("this oracle was given a dev-only task; test scoring needs the full Task")
+        return self.task._sealed_test()
 
     # --- test scoring (final selections only)
     def score_test(self, ids, label: str = "") -> Score:
         """Score a final selection on the test split (cached: a selection is scored once)."""
-        if not isinstance(self.task, Task):
-            raise TypeError("this oracle was given a dev-only task; test scoring needs the full Task")
+        test_items = self._test_items()
         ids = list(ids)
         key = self.key(ids)
         res = self._load(key, "test")
@@ -293,14 +314,11 @@ class Oracle:
             if self._load(key, "dev") is None or not (self._dir(key) / "model").exists():
                 self.score(ids, label=label)
             dev_task = self.task.dev_view()
-            job = TrainEvalJob(model=self.model, train=asdict(self.train), task=dev_task, items=self.task._sealed_test(), records=[],
+            job = TrainEvalJob(model=self.model, train=asdict(self.train), task=dev_task, items=test_items, records=[],
                                save_dir=str(self._dir(key) / "model"), eval_batch_size=self.eval_batch_size,
                                progress=self.show_progress, desc="test eval")
             res = eval_saved(job)
-            self._save(key, "test", res)
-            with open(self.cache_dir / "test_log.jsonl", "a") as f:
-                f.write(json.dumps({"key": key, "label": label, "accuracy": res.get("accuracy"), "metric": res.get("metric", "accuracy"),
-                                    "value": self._value(res), "at": time.time()}) + "\n")
+            self._save_test(key, label, res)
         self._record("test", label, key, res, cached, len(set(ids)))
         return self._to_score(key, res, "test", cached)
 
