@@ -49,7 +49,8 @@ def report(rows: list[dict], run_dir: Path, cfg) -> str:
 
 def main(argv=None) -> None:
     from thresher.bench.presets import experiment_cli
-    from thresher.bench.run import MethodSpec, run_bench
+    from thresher.bench.config import MethodSpec
+    from thresher.bench.run import run_bench
 
     cfg, run_dir = experiment_cli(__doc__, CONFIG, TINY, argv)
     sizes = sorted({r["n_selected"] for r in run_bench(cfg, run_dir) if r["method"] == "autoselection"})

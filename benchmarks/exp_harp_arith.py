@@ -29,7 +29,7 @@ TINY = {lab: {"leaf_size": 40, "leaves_per_parent": 2, "bootstrap": 50} for r in
 
 
 def add_sweep(cfg, rows: list[dict]) -> tuple[int, int]:
-    from thresher.bench.run import MethodSpec
+    from thresher.bench.config import MethodSpec
 
     harp = [r["diagnostics"] for r in rows if r["method"] in REPRESENTATIVE]
     parents, leaves = min(d["hierarchy"]["parents"] for d in harp), max(d["cost"]["leaves"] for d in harp)

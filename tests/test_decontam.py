@@ -269,7 +269,8 @@ def test_exclude_test_overlap_returns_the_pool_itself_when_clean():
 def test_bench_rows_state_their_contamination(tmp_path):
     from rich.console import Console
 
-    from thresher.bench.run import BenchConfig, _decontaminated, run_bench
+    from thresher.bench.config import BenchConfig
+    from thresher.bench.run import _decontaminated, run_bench
     from thresher.data.store import SignalStore
     from thresher.select.base import SignalView
 

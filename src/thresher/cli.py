@@ -452,7 +452,8 @@ def bench(
 ):
     """Run every method x budget x seed of a config on its task; resumable."""
     from thresher.bench.report import write_report
-    from thresher.bench.run import BenchConfig, BenchConfigError, run_bench
+    from thresher.bench.config import BenchConfig, BenchConfigError
+    from thresher.bench.run import run_bench
 
     _threads(threads)
     try:

@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from thresher.bench.config import BenchConfig, BenchConfigError, method_params
 from thresher.bench.results import summarise
-from thresher.bench.run import (
-    BenchConfig,
-    BenchConfigError,
-    run_bench,
-)
+from thresher.bench.run import run_bench
 from thresher.data.ledger import CostLedger
 
 TINY = {
@@ -55,7 +52,6 @@ def test_config_errors_name_the_problem():
 
 
 def test_every_example_config_loads_and_its_methods_build():
-    from thresher.bench.run import _inject
     from thresher.select.base import make_selector, selector_class
 
     configs = sorted((Path(__file__).resolve().parents[2] / "examples").glob("bench-*.yaml"))
@@ -64,7 +60,7 @@ def test_every_example_config_loads_and_its_methods_build():
     for path in configs:
         cfg = BenchConfig.load(path)
         for m in cfg.methods:
-            sel = make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
+            sel = make_selector(m.name, **method_params(selector_class(m.name).Params, m.params, cfg))
             assert sel.required_signals() is not None, (path.name, m.label)
     tmap = BenchConfig.load(configs[0].parent / "bench-tmap-arith.yaml")
     assert {m.label for m in tmap.methods} >= {"tmap", "equal-weights", "single-ifd", "single-relevance", "random", "full"}
@@ -72,14 +68,13 @@ def test_every_example_config_loads_and_its_methods_build():
 
 
 def test_the_full_arith_config_names_every_baseline_and_method_and_they_build():
-    from thresher.bench.run import _inject
     from thresher.select.base import make_selector, selector_class
 
     cfg = BenchConfig.load(Path(__file__).resolve().parents[2] / "examples" / "bench-arith.yaml")
     names = {m.name for m in cfg.methods}
     assert {"full", "random", "ifd", "superfiltering", "alpagasus", "deita", "car", "dsir"} <= names
     assert {"thtb", "tmap", "autoselection", "harp-c", "harp-e"} <= names
-    built = {m.label: make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg)) for m in cfg.methods}
+    built = {m.label: make_selector(m.name, **method_params(selector_class(m.name).Params, m.params, cfg)) for m in cfg.methods}
     assert built["autoselection"].params.oracle_budget == cfg.oracle_budget
     # dev-reading settings follow the bench's target task
     assert built["tmap"].params.relevance_task_params == {"pool_size": 2000, "dev_size": 200, "test_size": 400}
@@ -206,8 +201,8 @@ def test_the_four_methods_run_in_a_bench_and_their_plots_reach_the_report(tmp_pa
 
 
 def test_the_base_reference_is_the_untrained_model_scored_once(tmp_path):
+    from thresher.bench.config import build_pool_and_task
     from thresher.bench.results import summarise
-    from thresher.bench.run import build_pool_and_task
     from thresher.models.evaluate import evaluate_task
     from thresher.models.load import load_model
 

@@ -5,9 +5,10 @@ import json
 
 from rich.console import Console
 
+from thresher.bench.config import method_params
 from thresher.bench.demo import paired_vs_random, run_demo
 from thresher.bench.presets import demo_config
-from thresher.bench.run import ROW_KEYS, _inject
+from thresher.bench.run import ROW_KEYS
 from thresher.data.ledger import CostLedger
 from thresher.select.base import Selection, make_selector, selector_class
 from thresher.tasks.arith import defect_counts
@@ -20,7 +21,7 @@ def test_the_demo_preset_is_the_demo():
     assert [m.label for m in cfg.methods] == ["random", "ifd", "topk-loss-low", "topk-loss-high", "topk-answer-len", "dsir",
                                               "thtb", "full"]
     assert cfg.references == ["clean-only"]
-    built = {m.label: make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg)) for m in cfg.methods}
+    built = {m.label: make_selector(m.name, **method_params(selector_class(m.name).Params, m.params, cfg)) for m in cfg.methods}
     for label in ("ifd", "topk-loss-low", "topk-answer-len", "thtb"):  # the warmed micro scorer: 300 examples x 250 steps
         p = built[label].params
         assert (p.scorer, p.scorer_warmup, p.scorer_warmup_steps) == ("micro", 300, 250), label

@@ -121,13 +121,9 @@ def test_paired_statistics_take_real_valued_items():
 
 @pytest.mark.parametrize("name", ["bench-gsm8k-small.yaml", "bench-arith-small.yaml"])
 def test_small_bench_configs_load(name):
-    from thresher.bench.run import (
-        BenchConfig,
-        _inject,
-        _plan,
-        make_selector,
-        selector_class,
-    )
+    from thresher.bench.config import BenchConfig, method_params
+    from thresher.bench.run import _plan
+    from thresher.select.base import make_selector, selector_class
 
     cfg = BenchConfig.load(ROOT / "examples" / name)
     assert cfg.model == "small" and cfg.task["params"]["metric"] == "loglik"
@@ -136,12 +132,12 @@ def test_small_bench_configs_load(name):
     assert {"random", "full", "ifd", "deita", "dsir", "alpagasus", "rds", "thtb", "tmap", "harp-c", "harp-e",
             "autoselection"} <= names
     for m in cfg.methods:  # every method's params validate
-        make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
+        make_selector(m.name, **method_params(selector_class(m.name).Params, m.params, cfg))
     assert cfg.references == ["clean-only", "base"] and len(_plan(cfg, 0)) == len(cfg.methods) + 2
 
 
 def test_bench_config_rejects_bad_inner_oracle_and_metric():
-    from thresher.bench.run import BenchConfig, BenchConfigError
+    from thresher.bench.config import BenchConfig, BenchConfigError
 
     base = {"pool": {"arith": {}}, "methods": ["random"], "budgets": [0.1], "seeds": [0]}
     with pytest.raises(BenchConfigError, match="inner_oracle"):

@@ -238,7 +238,7 @@ def test_defect_counts_are_shared_with_arith(mix):
 
 
 def test_bench_config_builds_the_testbed(data_dir):
-    from thresher.bench.run import BenchConfig, build_pool_and_task
+    from thresher.bench.config import BenchConfig, build_pool_and_task
 
     cfg = BenchConfig.from_dict({"pool": {"gsm8k-mix": {"pool_size": 200, "data_dir": data_dir}}, "methods": ["random"],
                                  "budgets": [0.5], "seeds": [0]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from thresher.bench.run import BenchConfig
+from thresher.bench.config import BenchConfig
 from thresher.threads import available_cores, user_threads
 
 #: the demo's methods: (label, selector, params); the quick demo keeps the first three

@@ -57,18 +57,25 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from thresher.bench.config import (
+    LABELLED_REFERENCES,
+    REFERENCE_BUDGETS,
+    REFERENCES,
+    BenchConfig,
+    BenchConfigError,
+    MethodSpec,
+    build_pool_and_task,
+    method_params,
+)
 from thresher.bench.results import inner_fidelity, markdown_table, summarise
 from thresher.data.io import atomic_write_json
 from thresher.data.ledger import CostLedger
-from thresher.data.pool import load_pool
 from thresher.data.store import SignalStore
 from thresher.decontam import exclude_test_overlap, off_meta
 from thresher.engine.local import run_signal
-from thresher.errors import ConfigError
 from thresher.models.load import tier_of
 from thresher.models.train import TrainConfig
 from thresher.oracle.core import Oracle, score_row_fields
@@ -81,229 +88,14 @@ from thresher.select.base import (
     make_selector,
     selector_class,
 )
-from thresher.tasks import get_task
 from thresher.tasks.arith import (
-    ArithConfig,
-    ArithTestbed,
     defect_counts,
-    read_defect_labels,
 )
-from thresher.tasks.base import check_metric
-from thresher.tasks.gsm8k_mix import GSM8KMixTestbed
 
 #: the keys of every bench row (the demo's too); rows also carry per-domain scores, the method's
 #: diagnostics and the test correctness vector (``test_correct``) the paired statistics read
 ROW_KEYS = ("method", "selector", "params", "budget", "seed", "n_selected", "dev", "test", "oracle_runs", "proxy_calls",
             "tokens_trained", "wall_s", "defects", "decontamination", "reference")
-
-#: reference rows a bench can add from the hidden labels (not selectors)
-REFERENCES = {"clean-only": "every example the hidden labels call clean",
-              "base": "the base model, not fine-tuned (an empty subset)"}
-#: a reference's budget label (its row id); the others run at 1.0
-_REFERENCE_BUDGETS = {"base": "0"}
-#: the references built from the hidden labels (the others need none)
-_LABELLED_REFERENCES = {"clean-only"}
-
-
-class BenchConfigError(ConfigError):
-    pass
-
-
-@dataclass
-class MethodSpec:
-    name: str
-    label: str
-    params: dict = field(default_factory=dict)
-    budgets: list[str] | None = None  # this method's own budgets (None: the bench's)
-
-
-@dataclass
-class BenchConfig:
-    name: str
-    pool: dict
-    task: dict
-    model: str
-    train: dict
-    budgets: list
-    seeds: list[int]
-    methods: list[MethodSpec]
-    oracle_budget: int = 15
-    scorer: dict = field(default_factory=lambda: {"model": "auto"})  # micro on the arith testbed, small on any other pool
-    engine: str = "local"
-    ray_address: str | None = None
-    workers: int = 1
-    source: str = ""
-    #: exclude the pool examples that overlap the test split before selection (see the module docstring)
-    decontaminate: bool = True
-    #: reference rows from the hidden labels (:data:`REFERENCES`), one per seed
-    references: list[str] = field(default_factory=list)
-    #: search small, train big: ``{steps: N, dev_size: M, fidelity_subsets: K}`` builds a cheaper oracle for the
-    #: searches (:meth:`thresher.oracle.core.Oracle.inner`); final selections are scored by the full one, and up to K
-    #: subsets a search scored are re-scored by it for the row's ``inner_fidelity`` (Spearman)
-    inner_oracle: dict | None = None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "BenchConfig":
-        import yaml
-
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except FileNotFoundError:
-            raise BenchConfigError(f"bench config not found: {p}") from None
-        except yaml.YAMLError as e:
-            raise BenchConfigError(f"{p}: invalid YAML: {e}") from None
-        return cls.from_dict(raw, source=str(p), base=p.parent)
-
-    @classmethod
-    def from_dict(cls, raw: Any, source: str = "<dict>", base: Path | None = None) -> "BenchConfig":
-        if not isinstance(raw, dict):
-            raise BenchConfigError(f"{source}: expected a mapping at the top level")
-        known = {"name", "pool", "task", "model", "train", "budgets", "seeds", "methods", "oracle_budget", "scorer", "engine",
-                 "ray_address", "workers", "decontaminate", "references", "inner_oracle"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise BenchConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
-        for key in ("pool", "methods", "budgets", "seeds"):
-            if key not in raw:
-                raise BenchConfigError(f"{source}: missing required key '{key}'")
-        pool = raw["pool"]
-        if not isinstance(pool, dict) or not ({"arith", "gsm8k-mix", "path"} & set(pool)):
-            raise BenchConfigError(f"{source}: 'pool' must be {{arith: {{...}}}}, {{gsm8k-mix: {{...}}}} or {{path: FILE}}")
-        if "path" in pool and base is not None and not Path(pool["path"]).is_absolute() and (base / pool["path"]).exists():
-            pool = dict(pool, path=str(base / pool["path"]))
-        methods = []
-        for i, m in enumerate(raw["methods"]):
-            if isinstance(m, str):
-                m = {"name": m}
-            if not isinstance(m, dict) or "name" not in m:
-                raise BenchConfigError(f"{source}: methods[{i}] needs a 'name'")
-            extra = sorted(set(m) - {"name", "label", "params", "budgets"})
-            if extra:
-                raise BenchConfigError(f"{source}: methods[{i}] has unknown key(s) {extra}")
-            own = m.get("budgets")
-            if own is not None and (not isinstance(own, list) or not own):
-                raise BenchConfigError(f"{source}: methods[{i}].budgets must be a non-empty list")
-            methods.append(MethodSpec(m["name"], m.get("label") or m["name"], dict(m.get("params") or {}),
-                                      None if own is None else [str(Budget.parse(b)) for b in own]))
-        references = raw.get("references") or []
-        if not isinstance(references, list) or any(r not in REFERENCES for r in references):
-            raise BenchConfigError(f"{source}: 'references' must be a list of {sorted(REFERENCES)} (reference rows from the "
-                                   f"hidden labels), got {references!r}")
-        if _LABELLED_REFERENCES & set(references) and "path" in pool and not pool.get("labels"):
-            raise BenchConfigError(f"{source}: references {references} need hidden labels: the testbed pools have them; "
-                                   "for a pool file add 'labels: DEFECTS.jsonl' under 'pool'")
-        labels = [m.label for m in methods] + list(references)
-        if len(set(labels)) != len(labels):
-            raise BenchConfigError(f"{source}: method labels must be unique (references included), got {labels}")
-        budgets = [str(Budget.parse(b)) for b in raw["budgets"]]
-        seeds = raw["seeds"]
-        if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
-            raise BenchConfigError(f"{source}: 'seeds' must be a list of integers")
-        task = raw.get("task") or {"name": "arith"}
-        if isinstance(task, str):
-            task = {"name": task}
-        engine = raw.get("engine", "local")
-        if engine not in ("local", "ray"):
-            raise BenchConfigError(f"{source}: engine must be 'local' or 'ray'")
-        return cls(name=raw.get("name") or Path(source).stem, pool=pool, task=task, model=raw.get("model", "micro"),
-                   train=dict(raw.get("train") or {}), budgets=budgets, seeds=seeds, methods=methods,
-                   oracle_budget=int(raw.get("oracle_budget", 15)), scorer=dict(raw.get("scorer") or {"model": "auto"}),
-                   engine=engine, ray_address=raw.get("ray_address"), workers=int(raw.get("workers", 1)), source=source,
-                   decontaminate=_flag(raw.get("decontaminate", True), "decontaminate", source),
-                   references=list(dict.fromkeys(references)), inner_oracle=_inner_spec(raw.get("inner_oracle"), source),
-                   **_task_metric_checked(task, source))
-
-    def task_spec(self) -> tuple[str, dict]:
-        """(task name, factory params) of the target task: what signals that read a dev split must name."""
-        if "arith" in self.pool:
-            return "arith", dict(self.pool["arith"] or {})
-        if "gsm8k-mix" in self.pool:
-            return "gsm8k-mix", dict(self.pool["gsm8k-mix"] or {})
-        return self.task["name"], dict(self.task.get("params") or {})
-
-    def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["methods"] = [m.__dict__ for m in self.methods]
-        return d
-
-
-def build_pool_and_task(cfg: BenchConfig, data_dir: str | os.PathLike | None = None):
-    """(pool, task, hidden labels or None). A testbed also writes ``pool.jsonl`` and its hidden
-    labels ``defects.jsonl`` into ``data_dir`` when given."""
-    if "arith" in cfg.pool:
-        pool, task, labels = ArithTestbed(ArithConfig(**(cfg.pool["arith"] or {}))).build(data_dir)
-        return pool, _with_metric(task, cfg), labels
-    if "gsm8k-mix" in cfg.pool:  # the real-data testbed; its task is gsm8k with the same dev split
-
-        pool, task, labels = GSM8KMixTestbed(**(cfg.pool["gsm8k-mix"] or {})).build(data_dir)
-        return pool, _with_metric(task, cfg), labels
-
-    pool, _ = load_pool(cfg.pool["path"], on_error=cfg.pool.get("on_error", "raise"))
-    labels = None
-    if cfg.pool.get("labels"):
-        labels = read_defect_labels(cfg.pool["labels"])
-    params = {k: v for k, v in (cfg.task.get("params") or {}).items() if k not in ("metric", "both_metrics")}
-    task = get_task(cfg.task["name"], **params)
-    return pool, _with_metric(task, cfg), labels
-
-
-def _with_metric(task, cfg: BenchConfig):
-    """The task scored with the metric the config's ``task: {params: {metric, both_metrics}}`` names
-    (testbed tasks too: the testbed builds the task, the config still picks its metric)."""
-    p = cfg.task.get("params") or {}
-    if "metric" not in p and "both_metrics" not in p:
-        return task
-    return task.with_metric(p.get("metric"), p.get("both_metrics"))
-
-
-def _task_metric_checked(task: dict, source: str) -> dict:
-    p = (task.get("params") or {}) if isinstance(task, dict) else {}
-    try:
-        check_metric(p.get("metric", "accuracy"), p.get("both_metrics", False))
-    except ValueError as e:
-        raise BenchConfigError(f"{source}: task params: {e}") from None
-    return {}
-
-
-def _inner_spec(raw, source: str) -> dict | None:
-    if raw is None:
-        return None
-    known = {"steps", "dev_size", "fidelity_subsets"}
-    if not isinstance(raw, dict) or not raw or set(raw) - known or \
-            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in raw.values()):
-        raise BenchConfigError(f"{source}: 'inner_oracle' must map some of {sorted(known)} to positive integers, got {raw!r}")
-    return {"fidelity_subsets": 3, **raw}
-
-
-def _inject(cls_params, params: dict, cfg: BenchConfig) -> dict:
-    """Bench-level defaults for the params a method has: scorer, oracle budget."""
-    fields = cls_params.model_fields
-    p = dict(params)
-    sc = cfg.scorer
-    # Superfiltering's weak scorer is the method itself: the bench's scorer never replaces it
-    own_scorer = getattr(cls_params, "weak_scorer", False)
-    if "scorer" in fields and "scorer" not in p and "model" in sc and not own_scorer:
-        p["scorer"] = sc["model"]
-    if "scorer_warmup" in fields and "scorer_warmup" not in p and "warmup_examples" in sc:
-        p["scorer_warmup"] = sc["warmup_examples"]
-    if "scorer_warmup_steps" in fields and "scorer_warmup_steps" not in p and "warmup_steps" in sc:
-        p["scorer_warmup_steps"] = sc["warmup_steps"]
-    if "oracle_budget" in fields and "oracle_budget" not in p:
-        p["oracle_budget"] = cfg.oracle_budget
-    task_name, task_params = cfg.task_spec()
-    if "relevance_task" in fields and "relevance_task" not in p:
-        p["relevance_task"], p["relevance_task_params"] = task_name, dict(task_params)
-    if "signals" in fields:  # AutoSelection's signal settings: the bench's scorer and target task unless given
-        settings = dict(p.get("signals") or {})
-        if "task" not in settings:
-            settings["task"], settings["task_params"] = task_name, dict(task_params)
-        for ours, theirs in (("model", "scorer"), ("warmup_examples", "scorer_warmup"), ("warmup_steps", "scorer_warmup_steps")):
-            if ours in sc and theirs not in settings:
-                settings[theirs] = sc[ours]
-        p["signals"] = settings
-    return p
-
 
 def row_id(label: str, budget: str, seed: int) -> str:
     return f"{label}__b{budget}__s{seed}".replace("/", "_")
@@ -349,7 +141,7 @@ def _plan(cfg: BenchConfig, seed: int) -> list[tuple[MethodSpec | str, str]]:
         for b in m.budgets or []:
             plan.setdefault(row_id(m.label, b, seed), (m, b))
     for ref in cfg.references:
-        budget = _REFERENCE_BUDGETS.get(ref, "1.0")
+        budget = REFERENCE_BUDGETS.get(ref, "1.0")
         plan.setdefault(row_id(ref, budget, seed), (ref, budget))
     return list(plan.values())
 
@@ -369,7 +161,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
     atomic_write_json(run_dir / "config.json", {**cfg.to_dict(), "commit": _git_commit(), "python": platform.python_version(),
                                            "machine": f"{platform.machine()} {os.cpu_count()} cpus"})
     pool, task, labels = build_pool_and_task(cfg, run_dir / "data")
-    if _LABELLED_REFERENCES & set(cfg.references) and labels is None:
+    if LABELLED_REFERENCES & set(cfg.references) and labels is None:
         raise BenchConfigError(f"{cfg.source}: references {cfg.references} need the pool's hidden labels, and it has none")
     refs = f" + references {', '.join(cfg.references)}" if cfg.references else ""
     console.print(f"bench {cfg.name}: pool {len(pool)} ({pool.fingerprint[:12]}), task {task.name} dev {len(task.dev)} "
@@ -385,7 +177,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
     for m in cfg.methods:
         if m.name not in SELECTORS:
             raise BenchConfigError(f"{cfg.source}: {SELECTORS.unknown_message(m.name)}")
-        selectors[m.label] = make_selector(m.name, **_inject(selector_class(m.name).Params, m.params, cfg))
+        selectors[m.label] = make_selector(m.name, **method_params(selector_class(m.name).Params, m.params, cfg))
     needed = {}
     for sel in selectors.values():
         for sig in sel.required_signals():
@@ -489,12 +281,6 @@ def _reference(name: str, rid: str, budget: str, seed: int, sel_pool, pool, labe
                     pool_size=len(sel_pool), diagnostics={"reference": REFERENCES[name]})
     sel.save(run_dir / "selections" / f"{rid}.jsonl", pool)
     return _Pending(rid, name, name, budget, ids, {}, sel.diagnostics, 1 if ids else 0, 0, 0.0, reference=True)
-
-
-def _flag(value, key: str, source: str) -> bool:
-    if not isinstance(value, bool):
-        raise BenchConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-    return value
 
 
 def _decontaminated(pool, task, view: SignalView, cfg: BenchConfig, run_dir: Path, console, show_progress: bool = False):
