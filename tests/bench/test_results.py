@@ -57,3 +57,14 @@ def test_inner_fidelity_pools_each_seed_and_subset_once():
     assert "| harp-e | 2 | n/a" in table
     assert inner_fidelity([_row("random", "0.1", 0, [0.0])]) is None
     assert "Inner oracle fidelity" not in markdown_table(rows[3:], summarise(rows[3:]))
+
+
+def test_the_rows_table_names_the_defect_kinds_the_pool_has():
+    gsm = {"clean": 31, "wrong_answer": 5, "truncated": 4, "off_format": 3, "exact_dup": 3, "near_dup": 2, "off_task": 10,
+           "trivial": 0, "no_reasoning": 2}
+    rows = [_row("random", "0.1", 0, [0.0], defects=gsm)]
+    table = markdown_table(rows, summarise(rows))
+    assert "defects kept (wrong/trunc/answer-only/fmt/dup/off/triv) |" in table and "| 5/4/2/3/5/10/0 |" in table
+    arith = {k: v for k, v in gsm.items() if k != "no_reasoning"}
+    assert "defects kept (wrong/trunc/fmt/dup/off/triv) |" in markdown_table([_row("random", "0.1", 0, [0.0], defects=arith)], [])
+    assert "defects kept" not in markdown_table([_row("random", "0.1", 0, [0.0])], [])

@@ -134,20 +134,32 @@ def markdown_table(rows: list[dict], summary: list[dict], preamble: str = "") ->
             lines.append(f"| {m} | {f['n']} | {_rho(f['spearman'])} | {per_row} |")
         lines.append("")
     lines.append("## Rows\n")
-    has_defects = any(r.get("defects") for r in rows)
+    kinds = _defect_kinds(rows)
     head = "| method | budget | seed | n | dev | test | oracle runs | proxy calls | tokens trained | wall s |"
-    head += " defects kept (wrong/trunc/fmt/dup/off/triv) |" if has_defects else ""
+    head += f" defects kept ({'/'.join(_SHORT.get(k, k) for k in kinds)}) |" if kinds else ""
     lines.append(head)
     lines.append("|" + "---|" * (head.count("|") - 1))
     for r in sorted(rows, key=lambda r: (r["budget"], r["method"], r["seed"])):
         line = (f"| {_name(r)} | {r['budget']} | {r['seed']} | {r['n_selected']} | {r['dev']:.3f} | {r['test']:.3f} | "
                 f"{r['oracle_runs']} | {r['proxy_calls']} | {r['tokens_trained']} | {r['wall_s']:.0f} |")
-        if has_defects:
+        if kinds:
             d = r.get("defects") or {}
-            line += (f" {d.get('wrong_answer', 0)}/{d.get('truncated', 0)}/{d.get('off_format', 0)}/"
-                     f"{d.get('exact_dup', 0) + d.get('near_dup', 0)}/{d.get('off_task', 0)}/{d.get('trivial', 0)} |")
+            line += " " + "/".join(str(d.get("exact_dup", 0) + d.get("near_dup", 0) if k == "dup" else d.get(k, 0))
+                                   for k in kinds) + " |"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+#: the table's short names of the testbeds' defect kinds (exact and near duplicates count together)
+_SHORT = {"wrong_answer": "wrong", "truncated": "trunc", "off_format": "fmt", "off_task": "off", "trivial": "triv",
+          "no_reasoning": "answer-only"}
+_ORDER = ["wrong_answer", "truncated", "no_reasoning", "off_format", "dup", "off_task", "trivial"]
+
+
+def _defect_kinds(rows: list[dict]) -> list[str]:
+    """The defect kinds the rows' pool has (its labels' kinds, in a fixed order; unknown ones after)."""
+    seen = {("dup" if k in ("exact_dup", "near_dup") else k) for r in rows for k in (r.get("defects") or {}) if k != "clean"}
+    return [k for k in _ORDER if k in seen] + sorted(seen - set(_ORDER))
 
 
 def _rho(v) -> str:
