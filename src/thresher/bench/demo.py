@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.bench.results import summarise
 from thresher.bench.config import BenchConfig
+from thresher.bench.results import summarise
 from thresher.bench.run import run_bench
 from thresher.data.io import atomic_write_json
 from thresher.data.ledger import CostLedger
