@@ -132,6 +132,25 @@ def test_envelopes_on_three_leaves():
         envelope_value("middle", PHI, BASE)
 
 
+def test_envelopes_clip_to_the_metric_range_loglik_is_not_clipped_to_0_1():
+    from thresher.tasks.base import METRIC_RANGE
+
+    # the gold-answer log-likelihood lives in (-inf, 0]: a base of -1.37 nats with leaf effects of +0.05,
+    # +0.12 and -0.02 must rank the leaves; clipped to [0, 1] every envelope would be 0 and every gain 0
+    phi, base = np.array([[0.05], [0.12], [-0.02]]), np.array([-1.37])
+    ll = METRIC_RANGE["loglik"]
+    np.testing.assert_allclose(envelope_value("expansive", phi[[0, 1]], base, ll), [-1.20])
+    np.testing.assert_allclose(envelope_value("conservative", phi, base, ll), [-1.27])  # best +.12, harm .02
+    tr = greedy_leaves("conservative", phi, base, bounds=ll)
+    assert list(tr.order) == [1, 0, 2] and tr.start == pytest.approx(-1.37)
+    np.testing.assert_allclose(tr.gain, [0.12, 0.0, -0.02])
+    assert best_prefix(tr.gain) == 1
+    te = greedy_leaves("expansive", phi, base, bounds=ll)
+    assert list(te.order) == [1, 0, 2] and best_prefix(te.gain) == 2  # the two helpful leaves add up
+    assert np.all(greedy_leaves("expansive", phi, base).gain == 0)  # the old [0, 1] clip: blind on loglik
+    np.testing.assert_allclose(envelope_value("expansive", np.array([[0.5]]), np.array([-0.2]), ll), [0.0])  # capped at 0
+
+
 def test_greedy_and_best_prefix_on_three_leaves():
     # HARP-C: F(empty) = .25; singles A .35, B .4, C .375 -> B; then +A .4, +C (.25 + .7) / 2 = .475 -> C;
     # then +A: (.35 + .6) / 2 = .475, gain 0 -> the best prefix stops at {B, C}

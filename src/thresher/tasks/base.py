@@ -87,6 +87,8 @@ def extract_exact(text: str) -> str | None:
 #: log-probability per answer content token of the reference solution, ``TaskItem.target``
 #: else ``answer``, under the chat template; one batched forward pass, no generation)
 METRICS = ("accuracy", "loglik")
+#: the range of each metric's value (an envelope of predicted scores is clipped to it)
+METRIC_RANGE = {"accuracy": (0.0, 1.0), "loglik": (float("-inf"), 0.0)}
 
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "answer_is": extract_answer_is,

@@ -23,8 +23,11 @@ A train-based selector that fine-tunes only a few subsets:
    two regions count as unrelated.
 4. **Envelopes** for a set ``S`` of leaves, per domain:
 
-   - HARP-C (``harp-c``): ``y_d(S) = clip01(b_d + max_{g in S} phi+_g(d) - sum_{g in S} phi-_g(d))``
-   - HARP-E (``harp-e``): ``y_d(S) = clip01(b_d + sum_{g in S} phi_g(d))``
+   - HARP-C (``harp-c``): ``y_d(S) = clip(b_d + max_{g in S} phi+_g(d) - sum_{g in S} phi-_g(d))``
+   - HARP-E (``harp-e``): ``y_d(S) = clip(b_d + sum_{g in S} phi_g(d))``
+
+   with ``clip`` to the range of the task's metric (:data:`thresher.tasks.base.METRIC_RANGE`):
+   [0, 1] for accuracy, (-inf, 0] for the gold-answer log-likelihood.
 
    with ``phi`` the posterior mean minus ``risk`` posterior standard deviations
    (``risk = 0``: the posterior mean).
@@ -79,6 +82,7 @@ from thresher.select.harp.hierarchy import (
 )
 from thresher.signals.base import make_signal
 from thresher.stats import domain_effects
+from thresher.tasks.base import METRIC_RANGE
 
 Envelope = Literal["conservative", "expansive"]
 
@@ -208,16 +212,18 @@ def leaf_posteriors(h: Hierarchy, measured: np.ndarray, y: np.ndarray, s2: np.nd
 # --------------------------------------------------------------------------- envelopes and greedy
 
 
-def envelope_value(kind: Envelope, phi: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``y_d(S)`` per domain for the leaves whose effects are the rows of ``phi`` ([|S|, D])."""
+def envelope_value(kind: Envelope, phi: np.ndarray, base: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """``y_d(S)`` per domain for the leaves whose effects are the rows of ``phi`` ([|S|, D]),
+    clipped to ``bounds`` (the metric's range)."""
+    lo, hi = bounds
     phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(base))
     base = np.asarray(base, dtype=np.float64)
     if kind == "conservative":
         best = np.maximum(phi, 0.0).max(axis=0) if len(phi) else np.zeros_like(base)
         harm = np.maximum(-phi, 0.0).sum(axis=0)
-        return np.clip(base + best - harm, 0.0, 1.0)
+        return np.clip(base + best - harm, lo, hi)
     if kind == "expansive":
-        return np.clip(base + phi.sum(axis=0), 0.0, 1.0)
+        return np.clip(base + phi.sum(axis=0), lo, hi)
     raise ValueError(f"envelope must be 'conservative' or 'expansive', got {kind!r}")
 
 
@@ -229,8 +235,10 @@ class GreedyTrace:
     start: float  # objective of the empty set
 
 
-def greedy_leaves(kind: Envelope, phi: np.ndarray, base: np.ndarray, active: np.ndarray | None = None) -> GreedyTrace:
-    """Greedy order of all leaves by the mean envelope over active domains.
+def greedy_leaves(kind: Envelope, phi: np.ndarray, base: np.ndarray, active: np.ndarray | None = None,
+                  bounds: tuple[float, float] = (0.0, 1.0)) -> GreedyTrace:
+    """Greedy order of all leaves by the mean envelope over active domains, each domain's
+    envelope clipped to ``bounds`` (the metric's range: [0, 1] for accuracy).
 
     Each step adds the leaf with the largest objective (ties: lower leaf id); the trace
     keeps every step's objective and marginal gain. ``O(L^2 D)`` time, ``O(L D)`` memory.
@@ -252,12 +260,13 @@ def greedy_leaves(kind: Envelope, phi: np.ndarray, base: np.ndarray, active: np.
     total = np.zeros(p.shape[1])
     remaining = np.arange(n)
     order, value = np.empty(n, dtype=np.int64), np.empty(n)
-    start = float(np.clip(b, 0.0, 1.0).mean())
+    lo, hi = bounds
+    start = float(np.clip(b, lo, hi).mean())
     for step in range(n):
         if kind == "conservative":
-            cand = np.clip(b + np.maximum(best, pos[remaining]) - harm - neg[remaining], 0.0, 1.0).mean(axis=1)
+            cand = np.clip(b + np.maximum(best, pos[remaining]) - harm - neg[remaining], lo, hi).mean(axis=1)
         else:
-            cand = np.clip(b + total + p[remaining], 0.0, 1.0).mean(axis=1)
+            cand = np.clip(b + total + p[remaining], lo, hi).mean(axis=1)
         j = int(np.argmax(cand))  # remaining is sorted, so ties go to the lower leaf id
         leaf = int(remaining[j])
         order[step], value[step] = leaf, cand[j]
@@ -383,7 +392,8 @@ class HarpSelector(Selector):
         no_active = not active.any()
         if no_active:  # no leaf helps anywhere: rank by all domains rather than select nothing
             active = np.ones(len(names), dtype=bool)
-        trace = greedy_leaves(self.envelope, phi, b, active)
+        bounds = METRIC_RANGE[getattr(task, "metric", "accuracy")]  # accuracy in [0, 1], loglik <= 0
+        trace = greedy_leaves(self.envelope, phi, b, active, bounds)
         t = best_prefix(trace.gain)
         chosen = [int(v) for v in trace.order[:t]]
         picked = emit_points(h, chosen, k)
