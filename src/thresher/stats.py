@@ -44,8 +44,11 @@ def domain_effects(correct: np.ndarray, reference: np.ndarray, domains: np.ndarr
     """Per-domain effect ``acc(correct) - acc(reference)`` and its bootstrap variance.
 
     ``correct`` and ``reference`` are per-dev-item values of two runs on the same items
-    (0/1 outcomes, or real values such as the ``loglik`` metric's per-item log-probabilities); ``domains`` names each item's domain. Items are resampled within a domain, in
-    pairs. The variance is floored at ``1 / n_d^2``. Returns two [D] arrays in ``names`` order.
+    (0/1 outcomes, or real values such as the ``loglik`` metric's per-item log-probabilities); ``domains``
+    names each item's domain. Items are resampled within a domain, in pairs. For 0/1 outcomes the
+    variance is floored at ``1 / n_d^2`` (one item's flip: all-equal pairs do not mean a noiseless
+    effect); real values keep their bootstrap variance (a unit floor would swamp effects of a few
+    hundredths of a nat), floored only at 1e-12. Returns two [D] arrays in ``names`` order.
     """
     correct = np.asarray(correct, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
@@ -56,6 +59,7 @@ def domain_effects(correct: np.ndarray, reference: np.ndarray, domains: np.ndarr
     if n_boot < 2:
         raise ValueError(f"domain_effects: n_boot={n_boot} must be >= 2")
     rng = np.random.default_rng(seed)
+    binary = bool(np.isin(correct, (0.0, 1.0)).all() and np.isin(reference, (0.0, 1.0)).all())
     effect = np.empty(len(names))
     var = np.empty(len(names))
     for j, name in enumerate(names):
@@ -64,7 +68,7 @@ def domain_effects(correct: np.ndarray, reference: np.ndarray, domains: np.ndarr
             raise ValueError(f"domain_effects: domain {name!r} has no dev items")
         effect[j] = diff.mean()
         draws = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-        var[j] = max(float(draws.var(ddof=1)), 1.0 / diff.size ** 2)
+        var[j] = max(float(draws.var(ddof=1)), 1.0 / diff.size ** 2 if binary else 1e-12)
     return effect, var
 
 

@@ -115,6 +115,10 @@ def test_paired_statistics_take_real_valued_items():
     domains = np.array(["x"] * 20 + ["y"] * 20)
     eff, var = domain_effects(run, ref, domains, ["x", "y"], n_boot=200)
     assert np.allclose(eff, [np.mean((run - ref)[:20]), np.mean((run - ref)[20:])]) and np.all(var > 0)
+    # real values keep their own bootstrap variance (~ var(diff) / n), not the 0/1 floor 1 / n^2 = 0.0025
+    expect = [np.var((run - ref)[:20]) / 20, np.var((run - ref)[20:]) / 20]
+    np.testing.assert_allclose(var, expect, rtol=0.35)
+    assert var.max() < 1e-4
     d, lo, hi = seed_item_bootstrap([list(run)], [list(ref)], n_boot=200)
     assert d == pytest.approx(float(np.mean(run - ref))) and lo < d < hi and lo > 0
 
