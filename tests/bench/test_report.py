@@ -203,3 +203,30 @@ def test_the_report_renders_in_chromium(run, tmp_path):
     assert info["kvTables"] == 14 and info["kvFontPx"] >= 13
     px = pixel_stats(tmp_path / "shot.png")
     assert px["height"] > 3000 and px["nonwhite"] > 0.03 and px["std"] > 0.05
+
+
+def test_a_loglik_run_with_a_base_row_and_fidelity_reads_as_such(tmp_path):
+    """The gsm8k pilot's shape: loglik scores (negative), a base reference at budget 0, inner-oracle fidelity."""
+    from thresher.bench.report import render
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "run"
+    (root / "rows").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"name": "ll", "model": "small", "budgets": ["0.1"], "seeds": [0, 1],
+                                                  "methods": [{"name": m, "label": m, "params": {}} for m in ("random", "harp-c")]}))
+    for m, b, level in (("random", "0.1", -1.16), ("harp-c", "0.1", -1.15), ("base", "0", -1.31)):
+        for seed in (0, 1):
+            items = (level + rng.normal(0, 0.05, 100)).tolist()
+            row = {"method": m, "selector": m, "params": {}, "budget": b, "seed": seed, "n_selected": 0 if m == "base" else 60,
+                   "dev": level, "test": float(np.mean(items)), "oracle_runs": 0 if m == "base" else 1, "proxy_calls": 0,
+                   "tokens_trained": 0, "wall_s": 60.0, "defects": None, "diagnostics": {}, "metric": "loglik",
+                   "test_items": items, "reference": m == "base"}
+            if m == "harp-c":
+                row["inner_fidelity_pairs"] = [[f"k{seed}{j}", -1.3 + 0.01 * j, -1.2 + 0.02 * j] for j in range(3)]
+                row["inner_fidelity"] = 1.0
+            (root / "rows" / f"{m}__b{b}__s{seed}.json").write_text(json.dumps(row))
+    html = render(root)
+    assert "Gold-answer log-likelihood vs budget" in html and "Test gold-answer log-likelihood of each" in html
+    assert "test accuracy" not in html.lower()
+    assert "Spearman +1.00 over 6 subsets in all" in html
+    assert "(at 0.1)" in html  # base (budget 0) is compared with random at random's budget

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.bench.results import load_rows, summarise
+from thresher.bench.results import inner_fidelity, load_rows, summarise
 from thresher.data.io import atomic_write_text
 
 MARKERS = "os^DvP*Xph<>d"
@@ -107,14 +107,27 @@ def _budget_x(budget: str, n_pool: int | None) -> float:
     return v / n_pool if v > 1 and n_pool else v
 
 
-def accuracy_figure(summary: list[dict], n_pool: int | None, styles: dict[str, dict]):
-    """Test accuracy vs budget: one line per method, budgets labelled as configured."""
+def _fmt_rho(v) -> str:
+    return "n/a" if v is None else f"{v:+.2f}"
+
+
+def metric_name(rows: list[dict]) -> str:
+    """What the rows' scores are, for axis labels and captions."""
+    return "gold-answer log-likelihood" if any(r.get("metric") == "loglik" for r in rows) else "accuracy"
+
+
+def accuracy_figure(summary: list[dict], n_pool: int | None, styles: dict[str, dict], metric: str = "accuracy"):
+    """Test score vs budget: one line per method, budgets labelled as configured (a row at budget 0,
+    the base model, has no place on the log axis: the table and the cost figure show it)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.6))
     methods = [m for m in styles if m != "full" and any(s["method"] == m for s in summary)]
     ys, ticks = [], {}
     for m, off in zip(methods, _dodge(len(methods))):
-        ss = sorted((s for s in summary if s["method"] == m), key=lambda s: _budget_x(s["budget"], n_pool))
+        ss = sorted((s for s in summary if s["method"] == m and _budget_x(s["budget"], n_pool) > 0),
+                    key=lambda s: _budget_x(s["budget"], n_pool))
+        if not ss:
+            continue
         x = np.array([_budget_x(s["budget"], n_pool) for s in ss])
         y, e = np.array([s["test_mean"] for s in ss]), np.array([s["test_sd"] for s in ss])
         ax.errorbar(x * off, y, yerr=e, capsize=2, lw=1.2, ms=6, mec="black", mew=0.4, label=m, **styles[m])
@@ -129,13 +142,13 @@ def accuracy_figure(summary: list[dict], n_pool: int | None, styles: dict[str, d
         ax.set_xlim(xs[0] / 1.4, xs[-1] * 1.4)
     ax.set_xlabel("budget as configured (fraction of the pool or example count; median subset size; log scale, "
                   "methods nudged sideways)", fontsize=9)
-    ax.set_ylabel("test accuracy (mean over seeds ± 1 sd)")
+    ax.set_ylabel(f"test {metric} (mean over seeds ± 1 sd)")
     _finish(fig, ax, ys, _full_value(summary), line=True)
     return fig
 
 
-def cost_figure(summary: list[dict], n_pool: int | None, styles: dict[str, dict]):
-    """Test accuracy vs the wall-clock seconds a selection cost (every method pays the final fine-tune,
+def cost_figure(summary: list[dict], n_pool: int | None, styles: dict[str, dict], metric: str = "accuracy"):
+    """Test score vs the wall-clock seconds a selection cost (every method pays the final fine-tune,
     so oracle runs alone put most methods at x=1); marker size grows with the budget, points of
     searching methods are labelled with the oracle runs and proxy calls they spent."""
     import matplotlib.ticker
@@ -175,7 +188,7 @@ def cost_figure(summary: list[dict], n_pool: int | None, styles: dict[str, dict]
         ax.set_xlim(min(allx) / 1.3, max(allx) * 1.6)
     ax.set_xlabel("wall-clock seconds per selection: selecting + the final fine-tune + scoring (mean over seeds, log scale;"
                   " larger marker = larger budget)", fontsize=9)
-    ax.set_ylabel("test accuracy (mean over seeds)")
+    ax.set_ylabel(f"test {metric} (mean over seeds)")
     _finish(fig, ax, ys, _full_value(summary), line=False)
     for h in ax.get_legend().legend_handles:  # one marker size in the legend, whatever the budget
         h.set_markersize(7)
@@ -188,7 +201,7 @@ CAPTIONS = [  # artifact file name -> what the figure shows
     (r"tmap_trace\.png", "TMAP: proxy score of every weight vector tried (search trace)"),
     (r"tmap_fidelity\.png", "TMAP: proxy score vs oracle score (fidelity of the proxy)"),
     (r"search\.png", "AutoSelection: dev score of every program tried and the best so far"),
-    (r"leaf_effects\.png", "HARP: measured vs inferred effect of each leaf on dev accuracy"),
+    (r"leaf_effects\.png", "HARP: measured vs inferred effect of each leaf on the dev score"),
 ]
 
 
@@ -268,6 +281,7 @@ def render(run_dir: str | os.PathLike) -> str:
     order = _method_order(cfg, rows)
     styles = method_styles(order)
     present = [m for m in order if any(s["method"] == m for s in summary)]
+    metric = metric_name(rows)
     name = _esc(cfg.get("name", run_dir.name))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>thresher bench {name}</title>",
              f"<style>{CSS}</style></head><body>", f"<h1 id='title'>thresher bench: {name}</h1>",
@@ -276,33 +290,40 @@ def render(run_dir: str | os.PathLike) -> str:
               f"oracle budget for search methods {_esc(cfg.get('oracle_budget'))}; code commit "
               f"<code>{_esc(cfg.get('commit', '?'))}</code>; {_esc(cfg.get('machine', ''))}, Python {_esc(cfg.get('python', ''))}. "
               "Selection sees the dev split only; every final selection is scored once on test.</p>"),
-             "<h2>Accuracy vs budget</h2>",
-             _figure("plot-accuracy", _png_b64(accuracy_figure(summary, n_pool, styles)),
-                     f"<b>Figure 1.</b> Test accuracy of each of the {len(present)} methods at each budget (mean over seeds, "
+             f"<h2>{metric.capitalize()} vs budget</h2>",
+             _figure("plot-accuracy", _png_b64(accuracy_figure(summary, n_pool, styles, metric)),
+                     f"<b>Figure 1.</b> Test {metric} of each of the {len(present)} methods at each budget (mean over seeds, "
                      "±1 sd); fine-tuning on the whole pool is the dashed black line, or a note when it lies outside "
                      "the y-axis, which is fitted to the data.",
-                     "accuracy vs budget; methods: " + ", ".join(present)),
+                     f"{metric} vs budget; methods: " + ", ".join(present)),
              "<h2>Quality vs cost</h2>",
-             _figure("plot-cost", _png_b64(cost_figure(summary, n_pool, styles)),
-                     "<b>Figure 2.</b> Test accuracy against the wall-clock seconds a selection cost (selecting, the final "
+             _figure("plot-cost", _png_b64(cost_figure(summary, n_pool, styles, metric)),
+                     f"<b>Figure 2.</b> Test {metric} against the wall-clock seconds a selection cost (selecting, the final "
                      "fine-tune, scoring); a larger marker is a larger budget. Points of methods that spent more than the "
                      "final fine-tune are labelled with their budget, oracle fine-tunes (runs, including the final one) "
                      "and proxy-model calls.",
                      "quality vs cost; methods: " + ", ".join(present))]
 
-    parts.append("<h2>Summary</h2><p class='meta'>Mean over seeds. <i>vs random</i>: mean test-accuracy difference to "
+    parts.append(f"<h2>Summary</h2><p class='meta'>Mean over seeds. <i>vs random</i>: mean test-{metric} difference to "
                  "random at the same budget and seed, with a 95% paired bootstrap CI (seeds and test items resampled); "
                  "green / red rows: the CI excludes 0 (better / worse than random).</p>")
     parts.append("<table id='summary'><tr><th class='l'>method</th><th>budget</th><th>n</th><th>dev</th><th>test</th><th>sd</th>"
                  "<th>vs random</th><th>95% CI</th><th>oracle runs</th><th>proxy calls</th><th>wall s</th></tr>")
     for s in summary:
         cls = (" class='better'" if s["vs_random"] > 0 else " class='worse'") if s.get("significant") else ""
-        vs = f"{s['vs_random']:+.3f}" if "vs_random" in s else ""
+        at = f" (at {s['random_budget']})" if s.get("random_budget", s["budget"]) != s["budget"] else ""
+        vs = f"{s['vs_random']:+.3f}{at}" if "vs_random" in s else ""
         ci = f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]" if "ci_low" in s else ""
         parts.append(f"<tr{cls}><td class='l'>{_esc(s['method'])}</td><td>{_esc(s['budget'])}</td><td>{s['n_selected']:.0f}</td>"
                      f"<td>{s['dev_mean']:.3f}</td><td>{s['test_mean']:.3f}</td><td>{s['test_sd']:.3f}</td><td>{vs}</td>"
                      f"<td>{ci}</td><td>{s['oracle_runs']:.1f}</td><td>{s['proxy_calls']:.1f}</td><td>{s['wall_s']:.0f}</td></tr>")
     parts.append("</table>")
+    fid = inner_fidelity(rows)
+    if fid:
+        per = "; ".join(f"{_esc(m)} {_fmt_rho(f['spearman'])} over {f['n']}" for m, f in fid["methods"].items())
+        parts.append(f"<p class='meta' id='fidelity'><b>Inner oracle fidelity</b> (the searches scored subsets with a cheaper "
+                     f"oracle; some were re-scored by the full one): Spearman {_fmt_rho(fid['all']['spearman'])} over "
+                     f"{fid['all']['n']} subsets in all; {per}.</p>")
 
     parts.append("<h2>Per-method diagnostics</h2>")
     for method in [m for m in order if any(r["method"] == m for r in rows)]:
