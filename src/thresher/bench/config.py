@@ -16,7 +16,7 @@ from thresher.tasks.arith import ArithConfig, ArithTestbed, read_defect_labels
 from thresher.tasks.base import check_metric
 from thresher.tasks.gsm8k_mix import GSM8KMixTestbed
 
-#: reference rows a bench can add from the hidden labels (not selectors)
+#: reference rows a bench can add (not selectors): from the hidden labels, or the model not fine-tuned
 REFERENCES = {"clean-only": "every example the hidden labels call clean",
               "base": "the base model, not fine-tuned (an empty subset)"}
 #: a reference's budget label (its row id); the others run at 1.0
@@ -55,7 +55,7 @@ class BenchConfig:
     source: str = ""
     #: exclude the pool examples that overlap the test split before selection (see the module docstring)
     decontaminate: bool = True
-    #: reference rows from the hidden labels (:data:`REFERENCES`), one per seed
+    #: reference rows (:data:`REFERENCES`), one per seed
     references: list[str] = field(default_factory=list)
     #: search small, train big: ``{steps: N, dev_size: M, fidelity_subsets: K}`` builds a cheaper oracle for the
     #: searches (:meth:`thresher.oracle.core.Oracle.inner`); final selections are scored by the full one, and up to K

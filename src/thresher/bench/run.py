@@ -88,9 +88,7 @@ from thresher.select.base import (
     make_selector,
     selector_class,
 )
-from thresher.tasks.arith import (
-    defect_counts,
-)
+from thresher.tasks.arith import defect_counts
 
 #: the keys of every bench row (the demo's too); rows also carry per-domain scores, the method's
 #: diagnostics and the test correctness vector (``test_correct``) the paired statistics read
