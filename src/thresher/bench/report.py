@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.bench.results import inner_fidelity, load_rows, summarise
+from thresher.bench.results import format_rho, inner_fidelity, load_rows, summarise
 from thresher.data.io import atomic_write_text
 
 MARKERS = "os^DvP*Xph<>d"
@@ -105,10 +105,6 @@ def _full_value(summary) -> float | None:
 def _budget_x(budget: str, n_pool: int | None) -> float:
     v = float(budget)
     return v / n_pool if v > 1 and n_pool else v
-
-
-def _fmt_rho(v) -> str:
-    return "n/a" if v is None else f"{v:+.2f}"
 
 
 def metric_name(rows: list[dict]) -> str:
@@ -320,9 +316,9 @@ def render(run_dir: str | os.PathLike) -> str:
     parts.append("</table>")
     fid = inner_fidelity(rows)
     if fid:
-        per = "; ".join(f"{_esc(m)} {_fmt_rho(f['spearman'])} over {f['n']}" for m, f in fid["methods"].items())
+        per = "; ".join(f"{_esc(m)} {format_rho(f['spearman'])} over {f['n']}" for m, f in fid["methods"].items())
         parts.append(f"<p class='meta' id='fidelity'><b>Inner oracle fidelity</b> (the searches scored subsets with a cheaper "
-                     f"oracle; some were re-scored by the full one): Spearman {_fmt_rho(fid['all']['spearman'])} over "
+                     f"oracle; some were re-scored by the full one): Spearman {format_rho(fid['all']['spearman'])} over "
                      f"{fid['all']['n']} subsets in all; {per}.</p>")
 
     parts.append("<h2>Per-method diagnostics</h2>")

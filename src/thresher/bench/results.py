@@ -126,12 +126,12 @@ def markdown_table(rows: list[dict], summary: list[dict], preamble: str = "") ->
     if fid:
         lines.append("## Inner oracle fidelity (search small, train big)\n")
         lines.append("Spearman between the inner oracle's and the full oracle's dev scores of the subsets the searches "
-                     "scored (re-scored by the full oracle; each seed and subset once).\n")
+                     "scored (re-scored by the full oracle; each seed and subset once; n/a: under 3 pairs).\n")
         lines.append("| method | pairs | Spearman, pooled over seeds | Spearman per row |")
         lines.append("|---|---|---|---|")
         for m, f in [*fid["methods"].items(), ("all searches", fid["all"])]:
             per_row = ", ".join("-" if v is None else f"{v:+.2f}" for v in f.get("rows", []))
-            lines.append(f"| {m} | {f['n']} | {_rho(f['spearman'])} | {per_row} |")
+            lines.append(f"| {m} | {f['n']} | {format_rho(f['spearman'])} | {per_row} |")
         lines.append("")
     lines.append("## Rows\n")
     kinds = _defect_kinds(rows)
@@ -162,8 +162,9 @@ def _defect_kinds(rows: list[dict]) -> list[str]:
     return [k for k in _ORDER if k in seen] + sorted(seen - set(_ORDER))
 
 
-def _rho(v) -> str:
-    return "n/a (< 3 pairs or constant)" if v is None else f"{v:+.2f}"
+def format_rho(v) -> str:
+    """A Spearman value for tables and the report ("n/a": under 3 pairs, or one side constant)."""
+    return "n/a" if v is None else f"{v:+.2f}"
 
 
 def _name(r: dict) -> str:
