@@ -121,6 +121,11 @@ def _threads(n: Optional[int]) -> None:
     set_threads(n)
 
 
+#: a resumed bench or demo meets finished rows made under other settings (another config, pool or train)
+RERUN_CHANGED_HELP = ("redo the finished rows made under other settings than the config gives now (their old rows move "
+                      "to RUN_DIR/rows-replaced/); without it such rows stop the run with an error naming them")
+
+
 def _fail(msg: str, code: int = 2):
     err.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(code)
@@ -426,8 +431,10 @@ def demo(
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     decontaminate: bool = typer.Option(True, "--decontaminate/--no-decontaminate",
                                        help="leave out the pool examples that overlap the test split before selecting"),
+    rerun_changed: bool = typer.Option(False, "--rerun-changed", help=RERUN_CHANGED_HELP),
 ):
     """The bench preset: select 30% of the arith pool with each method, fine-tune, score, and print the table."""
+    from thresher.bench.config import BenchConfigError
     from thresher.bench.demo import run_demo
     from thresher.bench.presets import demo_config
 
@@ -437,7 +444,10 @@ def demo(
     except ValueError:
         _fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
     cfg = demo_config(quick=quick, seeds=seed_list, workers=workers, steps=steps, decontaminate=decontaminate)
-    run_demo(cfg, out, console)
+    try:
+        run_demo(cfg, out, console, rerun_changed=rerun_changed)
+    except BenchConfigError as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -449,6 +459,7 @@ def bench(
     decontaminate: bool = typer.Option(True, "--decontaminate/--no-decontaminate",
                                        help="leave out the pool examples that overlap the test split before selecting "
                                        "(overrides the config's decontaminate: key when off)"),
+    rerun_changed: bool = typer.Option(False, "--rerun-changed", help=RERUN_CHANGED_HELP),
 ):
     """Run every method x budget x seed of a config on its task; resumable."""
     from thresher.bench.report import write_report
@@ -463,7 +474,10 @@ def bench(
     run_dir = out or Path("runs") / f"bench-{cfg.name}"
     if not decontaminate:
         cfg.decontaminate = False  # run_bench prints the warning
-    run_bench(cfg, run_dir, console)
+    try:
+        run_bench(cfg, run_dir, console, rerun_changed=rerun_changed)
+    except BenchConfigError as e:
+        _fail(str(e))
     console.print(f"table: {run_dir / 'table.md'}")
     if report:
         console.print(f"report: {write_report(run_dir)}")

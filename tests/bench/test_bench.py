@@ -141,6 +141,33 @@ def test_a_rerun_continues_without_retraining(tiny_run, tmp_path):
     assert all(old[(r["method"], r["seed"])] == r["test"] for r in again)
 
 
+def test_a_rerun_under_changed_settings_stops_or_redoes_only_the_rows_it_changed(tiny_run, tmp_path):
+    run_dir, rows = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert all(r["settings"]["train"] == {"steps": 8, "batch_size": 8} for r in rows)
+    changed = json.loads(json.dumps(TINY))
+    changed["methods"][2]["params"]["signal"] = "tokens_user"  # one method's params: its 2 rows, nothing else
+    with pytest.raises(BenchConfigError, match=r"2 finished row\(s\).*long-answers__b0.25__s0 \(params\).*--rerun-changed"):
+        run_bench(BenchConfig.from_dict(changed), copy, show_progress=False)
+    assert len(list((copy / "rows").glob("*.json"))) == len(rows)  # nothing was touched
+    again = run_bench(BenchConfig.from_dict(changed), copy, show_progress=False, rerun_changed=True)
+    moved = sorted(p.name for p in (copy / "rows-replaced").glob("*/*.json"))
+    assert moved == ["long-answers__b0.25__s0.json", "long-answers__b0.25__s1.json"]
+    new = {(r["method"], r["seed"]): r for r in again}
+    assert all(new[("long-answers", s)]["settings"]["params"] == {"signal": "tokens_user"} for s in (0, 1))
+    old = {(r["method"], r["seed"]): r for r in rows}
+    assert all(new[k]["test"] == old[k]["test"] for k in old if k[0] != "long-answers")
+    # the training settings touch every fine-tuned row; the rows from before settings were recorded are kept
+    for f in (copy / "rows").glob("random*.json"):
+        row = json.loads(f.read_text())
+        del row["settings"]
+        f.write_text(json.dumps(row))
+    with pytest.raises(BenchConfigError, match=r"(\d+) finished row") as e:
+        run_bench(BenchConfig.from_dict({**changed, "train": {"steps": 9, "batch_size": 8}}), copy, show_progress=False)
+    assert "random__b" not in str(e.value) and "full__b1.0__s0 (train)" in str(e.value)
+
+
 def test_report_renders_in_chromium(tiny_run, tmp_path):
     pytest.importorskip("playwright", reason="the report screenshot test needs playwright (pip install thresher[test])")
     from thresher.bench.report import pixel_stats, screenshot, write_report

@@ -225,6 +225,35 @@ def method_params(cls_params, params: dict, cfg: BenchConfig) -> dict:
     return p
 
 
+def row_settings(cfg: BenchConfig, pool_fingerprint: str, what: MethodSpec | str) -> dict:
+    """What a row's result depends on beyond its id (method label, budget, seed), as plain JSON: the
+    pool (its fingerprint), the task and the oracle's model for every row; the training settings for
+    every fine-tuned row; the method, its params and the scorer for a method row; and the inner
+    oracle and the oracle budget for a method that searches with the oracle. A resumed bench compares
+    each finished row's ``settings`` with these (:func:`changed_settings`)."""
+    import json
+
+    from thresher.select.base import selector_class
+
+    s: dict[str, Any] = {"pool": pool_fingerprint, "task": cfg.task, "model": cfg.model, "decontaminate": cfg.decontaminate}
+    if what == "base":  # the model not fine-tuned: no training, no selection
+        return json.loads(json.dumps(s, sort_keys=True))
+    s["train"] = cfg.train
+    if isinstance(what, str):
+        s["reference"] = what
+    else:
+        s.update(method=what.name, params=what.params, scorer=cfg.scorer)
+        cls = selector_class(what.name)
+        if getattr(cls, "uses_oracle", False) or "oracle_budget" in cls.Params.model_fields:
+            s.update(inner_oracle=cfg.inner_oracle, oracle_budget=cfg.oracle_budget)
+    return json.loads(json.dumps(s, sort_keys=True))
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The settings (top-level keys) that differ between a finished row's and the config's."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def _flag(value, key: str, source: str) -> bool:
     if not isinstance(value, bool):
         raise BenchConfigError(f"{source}: '{key}' must be true or false, got {value!r}")

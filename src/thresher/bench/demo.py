@@ -23,7 +23,8 @@ from thresher.data.io import atomic_write_json
 from thresher.data.ledger import CostLedger
 
 
-def run_demo(cfg: BenchConfig, out: str | os.PathLike, console=None, show_progress: bool = True) -> list[dict]:
+def run_demo(cfg: BenchConfig, out: str | os.PathLike, console=None, show_progress: bool = True,
+             rerun_changed: bool = False) -> list[dict]:
     from rich.console import Console
 
     console = console or Console(stderr=False)
@@ -32,7 +33,7 @@ def run_demo(cfg: BenchConfig, out: str | os.PathLike, console=None, show_progre
     pool = cfg.pool["arith"]
     console.print(f"[bold]thresher demo[/bold]: arith pool of {pool['pool_size']}, budget {', '.join(cfg.budgets)}, seeds "
                   f"{cfg.seeds}, micro model, {cfg.train.get('steps')} steps per fine-tune -> {out}")
-    rows = run_bench(cfg, out, console, show_progress=show_progress)
+    rows = run_bench(cfg, out, console, show_progress=show_progress, rerun_changed=rerun_changed)
     total = time.perf_counter() - t_start
     console.print(f"pool and hidden labels: {out / 'data' / 'pool.jsonl'}, {out / 'data' / 'defects.jsonl'}")
     write_results(out, rows, total, cfg)

@@ -32,8 +32,11 @@ and a search replays its trace, so a killed bench continues where it stopped. A 
 (:data:`ROW_KEYS`) holds the method label, selector, params, budget, seed, subset size, dev
 score, test score, the oracle runs and proxy calls the *selection* made (cached or not: the
 cost the method needs on its own) plus the final training run, tokens trained, wall seconds,
-the hidden-defect counts when the pool has them, and ``reference`` (true only for reference
-rows). ``full`` and the references run once per seed, ``full`` and ``clean-only`` at budget ``1.0``.
+the hidden-defect counts when the pool has them, ``reference`` (true only for reference
+rows), and ``settings``: what the row depends on beyond its id (pool fingerprint, task, model,
+training, method params, scorer, inner oracle; :func:`~thresher.bench.config.row_settings`). A
+rerun keeps a finished row only under the same settings: a changed ``train:`` or method param
+stops it with an error naming the rows and what changed, or with ``--rerun-changed`` redoes them. ``full`` and the references run once per seed, ``full`` and ``clean-only`` at budget ``1.0``.
 
 References (``references:``) are rows that are not selectors, to read the selectors against.
 ``clean-only`` trains on every example the hidden labels call ``clean`` (an upper reference; it
@@ -57,7 +60,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from thresher.bench.config import (
@@ -68,7 +71,9 @@ from thresher.bench.config import (
     BenchConfigError,
     MethodSpec,
     build_pool_and_task,
+    changed_settings,
     method_params,
+    row_settings,
 )
 from thresher.bench.results import inner_fidelity, markdown_table, summarise
 from thresher.data.io import atomic_write_json
@@ -93,7 +98,7 @@ from thresher.tasks.arith import defect_counts
 #: the keys of every bench row (the demo's too); rows also carry per-domain scores, the method's
 #: diagnostics and the test correctness vector (``test_correct``) the paired statistics read
 ROW_KEYS = ("method", "selector", "params", "budget", "seed", "n_selected", "dev", "test", "oracle_runs", "proxy_calls",
-            "tokens_trained", "wall_s", "defects", "decontamination", "reference")
+            "tokens_trained", "wall_s", "defects", "decontamination", "reference", "settings")
 
 def row_id(label: str, budget: str, seed: int) -> str:
     return f"{label}__b{budget}__s{seed}".replace("/", "_")
@@ -124,6 +129,7 @@ class _Pending:
     proxy_calls: int
     select_seconds: float
     reference: bool = False
+    settings: dict = field(default_factory=dict)  # config.row_settings: what a resumed bench checks
 
 
 def _plan(cfg: BenchConfig, seed: int) -> list[tuple[MethodSpec | str, str]]:
@@ -145,11 +151,14 @@ def _plan(cfg: BenchConfig, seed: int) -> list[tuple[MethodSpec | str, str]]:
 
 
 def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_progress: bool = True,
-              select_only: bool = False) -> list[dict]:
+              select_only: bool = False, rerun_changed: bool = False) -> list[dict]:
     """Run (or continue) a bench; returns every row, in table order.
 
     ``select_only``: stop after the selections (``RUN_DIR/selections/ROW.jsonl``): no final
     training, no rows (search methods still call the oracle while they select).
+    ``rerun_changed``: redo the finished rows made under other settings than the config gives now
+    (:func:`~thresher.bench.config.row_settings`) instead of stopping with an error; their old rows
+    and artifacts move to ``RUN_DIR/rows-replaced/``.
     """
     from rich.console import Console
 
@@ -168,6 +177,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
     store = SignalStore(run_dir / "store")
     view = SignalView(pool, store)
     ledger = CostLedger(run_dir / "ledger.jsonl")
+    _check_finished_rows(cfg, pool.fingerprint, run_dir, rerun_changed, console)
     sel_pool, sel_view, decon = _decontaminated(pool, task, view, cfg, run_dir, console, show_progress)
 
     # 1. the signals every method needs (a scoring step; selectors only read)
@@ -214,6 +224,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
                                        inner.task if inner else task, inner or oracle, ledger, decon, run_dir))
                 if inner:
                     inner_scored[rid] = inner.history[h0:]
+            pending[-1].settings = row_settings(cfg, pool.fingerprint, what)
         if select_only or not pending:
             continue
         # 3. the final fine-tunes of this seed together (cfg.workers processes), then test once per selection
@@ -232,7 +243,7 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
                 "oracle_runs": p.oracle_runs, "proxy_calls": p.proxy_calls, "tokens_trained": dev.tokens,
                 "wall_s": round(p.select_seconds + dev.seconds + test.seconds, 1),
                 "defects": _defects(p.ids, labels), "diagnostics": p.diagnostics,
-                "decontamination": _row_decontamination(decon), "reference": p.reference,
+                "decontamination": _row_decontamination(decon), "reference": p.reference, "settings": p.settings,
                 **score_row_fields(dev, test),  # metric, test_correct (accuracy) / test_items (loglik)
             }
             if inner_scored.get(p.rid):  # the search used the inner oracle: how faithfully it ranked subsets
@@ -252,6 +263,46 @@ def run_bench(cfg: BenchConfig, run_dir: str | os.PathLike, console=None, show_p
                 f"budget for search methods {cfg.oracle_budget}, inner oracle {cfg.inner_oracle or 'none'}, commit `{commit}`\n")
     (run_dir / "table.md").write_text(markdown_table(rows_list, summary, preamble))
     return rows_list
+
+
+def _check_finished_rows(cfg: BenchConfig, fingerprint: str, run_dir: Path, rerun_changed: bool, console) -> None:
+    """A resumed bench keeps a finished row only if it was made under the settings the config gives
+    now (:func:`~thresher.bench.config.row_settings`): a changed ``train:`` or method param would
+    otherwise mix rows of two experiments in one table. Changed rows stop the bench with a
+    :class:`BenchConfigError` naming them and what changed, or with ``rerun_changed`` move to
+    ``RUN_DIR/rows-replaced/`` (row and artifacts) and are redone. Rows written before rows carried
+    their settings are kept and counted."""
+    changed: list[tuple[str, list[str]]] = []
+    unchecked = 0
+    for seed in cfg.seeds:
+        for what, budget in _plan(cfg, seed):
+            rid = row_id(what if isinstance(what, str) else what.label, budget, seed)
+            path = run_dir / "rows" / f"{rid}.json"
+            if not path.exists():
+                continue
+            old = json.loads(path.read_text()).get("settings")
+            if old is None:
+                unchecked += 1
+                continue
+            diff = changed_settings(old, row_settings(cfg, fingerprint, what))
+            if diff:
+                changed.append((rid, diff))
+    if unchecked:
+        console.print(f"note: {unchecked} finished row(s) were written before rows recorded their settings; kept unchecked")
+    if not changed:
+        return
+    listing = "; ".join(f"{rid} ({', '.join(d)})" for rid, d in changed[:8]) + (f"; {len(changed) - 8} more" if len(changed) > 8 else "")
+    replaced = run_dir / "rows-replaced" / time.strftime("%Y%m%d-%H%M%S")
+    if not rerun_changed:
+        raise BenchConfigError(f"{run_dir}: {len(changed)} finished row(s) were made under other settings than {cfg.source or 'the config'} "
+                               f"gives now: {listing}. Run into a new --out, or pass --rerun-changed to redo them (their old rows "
+                               f"move to {replaced.parent})")
+    for rid, _ in changed:
+        (replaced / "artifacts").mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir / "rows" / f"{rid}.json", replaced / f"{rid}.json")
+        if (run_dir / "artifacts" / rid).exists():  # a search's trace would replay the old search
+            os.replace(run_dir / "artifacts" / rid, replaced / "artifacts" / rid)
+    console.print(f"{len(changed)} row(s) made under other settings will be redone: {listing}; old rows in {replaced}", markup=False)
 
 
 def _select(m: MethodSpec, selector, rid: str, budget: str, seed: int, sel_pool, sel_view, pool, task, oracle: Oracle,
