@@ -15,6 +15,7 @@ from thresher.data.ledger import CostLedger, LedgerEntry
 from thresher.data.pool import Pool, user_text
 from thresher.data.store import SignalStore
 from thresher.engine.local import run_signal
+from thresher.errors import ConfigError
 from thresher.oracle.core import Score
 from thresher.select.base import SignalView, make_selector
 from thresher.select.harp.hierarchy import (
@@ -167,6 +168,20 @@ def test_greedy_and_best_prefix_on_three_leaves():
     # only domain 1 active: HARP-C takes A (.6) and stops (B adds nothing, C harms)
     tr = greedy_leaves("conservative", PHI, BASE, active=np.array([True, False]))
     assert tr.order[0] == 0 and best_prefix(tr.gain) == 1
+
+
+def test_greedy_ties_go_to_the_better_known_leaf_then_the_lower_id():
+    # leaves 0 and 2 have the same effect (2 inherits it from 0, measured); leaf 1 is worse
+    phi = np.array([[0.2, 0.0], [0.1, 0.0], [0.2, 0.0]])
+    base = np.array([0.3, 0.3])
+    assert greedy_leaves("conservative", phi, base).order[0] == 0  # no tiebreak: lower id
+    tr = greedy_leaves("conservative", phi, base, tiebreak=np.array([0.01, 0.0, 0.001]))
+    assert tr.order[0] == 2  # the smaller posterior variance wins the tie, whatever the ids
+    assert greedy_leaves("conservative", phi, base, tiebreak=np.array([0.001, 0.0, 0.001])).order[0] == 0
+    tr = greedy_leaves("expansive", phi, base, tiebreak=np.array([0.0, 0.0, 0.0]))
+    assert list(tr.order) == [0, 2, 1]  # not a tie: the objective decides
+    with pytest.raises(ValueError, match="one value per leaf"):
+        greedy_leaves("conservative", phi, base, tiebreak=np.zeros(2))
 
 
 def test_best_prefix_rule():
@@ -407,6 +422,29 @@ def test_harp_needs_task_oracle_and_valid_params(skill_pool):
         make_selector("harp-c", measure="some")
     sig = make_selector("harp-c").required_signals()
     assert [s.name for s in sig] == ["embedding"]
+
+
+def test_harp_oracle_budget_caps_the_leaf_runs_at_a_prefix_of_the_measurement_order(skill_pool):
+    pool, task, store = skill_pool
+    view = SignalView(pool, store)
+    free = make_selector("harp-c", **HP).select(pool, view, 120, task=task, oracle=SkillShareOracle(task, pool), seed=0)
+    n_free = len(free.diagnostics["measured_leaves"])
+    assert n_free >= 3 and free.diagnostics["cost"]["leaves_cut_by_budget"] == 0
+    capped = make_selector("harp-c", oracle_budget=2, **HP).select(pool, view, 120, task=task,
+                                                                  oracle=SkillShareOracle(task, pool), seed=0)
+    dg = capped.diagnostics
+    assert dg["measured_leaves"] == free.diagnostics["measured_leaves"][:2]
+    assert dg["cost"]["fresh_oracle_runs"] == 2 + 1 and dg["cost"]["leaves_cut_by_budget"] == n_free - 2  # + the base score
+    # a random_leaf reference is a fine-tune too; the exhaustive version refuses a budget below its leaf count
+    ref = make_selector("harp-c", oracle_budget=3, baseline="random_leaf", **HP).select(
+        pool, view, 120, task=task, oracle=SkillShareOracle(task, pool), seed=0)
+    assert len(ref.diagnostics["measured_leaves"]) == 2
+    with pytest.raises(ConfigError, match="measure=all trains all .* leaves, more than oracle_budget=3"):
+        make_selector("harp-c", oracle_budget=3, measure="all", **HP).select(pool, view, 120, task=task,
+                                                                            oracle=SkillShareOracle(task, pool), seed=0)
+    with pytest.raises(ConfigError, match="oracle_budget=1 leaves no leaf run"):
+        make_selector("harp-c", oracle_budget=1, baseline="random_leaf", **HP).select(
+            pool, view, 120, task=task, oracle=SkillShareOracle(task, pool), seed=0)
 
 
 def test_emit_points_caps_at_k():

@@ -6,7 +6,9 @@ A train-based selector that fine-tunes only a few subsets:
    large regions -> parents -> leaves (leaves of ~100-500 examples by default).
 2. **Measure representatives**: the leaves of :func:`~thresher.select.harp.hierarchy.measurement_order`
    (the leaf nearest each parent centroid, more for parents with many leaves) are each
-   fine-tuned *alone* through the oracle and scored on every dev domain ``d``. The main
+   fine-tuned *alone* through the oracle and scored on every dev domain ``d``; ``oracle_budget``
+   (the bench passes its own) caps these fine-tunes, a ``random_leaf`` reference included, at a
+   prefix of that order (``measure="all"`` refuses a budget below the leaf count). The main
    effect is ``phi_r(d) = acc(leaf_r, d) - b_d``; its noise variance is a paired bootstrap
    over the domain's dev items (leaf run vs reference run, item by item), floored at
    ``1 / n_d^2`` (as if one item flipped) so a domain where both runs score all-equal still
@@ -32,7 +34,9 @@ A train-based selector that fine-tunes only a few subsets:
    with ``phi`` the posterior mean minus ``risk`` posterior standard deviations
    (``risk = 0``: the posterior mean).
 5. **Selection**: active domains are those where some leaf has ``phi > 0``; greedy over
-   leaves maximising the mean envelope over active domains (ties: lower leaf id); the
+   leaves maximising the mean envelope over active domains (ties: the leaf with the smaller
+   mean posterior variance, so a measured leaf before the unmeasured ones that inherit its
+   effect; then the lower leaf id); the
    best prefix is the first one with the largest cumulative gain (at least one leaf:
    a selection cannot be empty); the points of those leaves are emitted in greedy order
    (each leaf nearest-centroid first) up to the budget ``k``. If the prefix holds fewer
@@ -71,6 +75,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from thresher.errors import ConfigError
 from thresher.select.base import Selector, SelectorParams, register_selector
 from thresher.select.harp.hierarchy import (
     Hierarchy,
@@ -236,11 +241,14 @@ class GreedyTrace:
 
 
 def greedy_leaves(kind: Envelope, phi: np.ndarray, base: np.ndarray, active: np.ndarray | None = None,
-                  bounds: tuple[float, float] = (0.0, 1.0)) -> GreedyTrace:
+                  bounds: tuple[float, float] = (0.0, 1.0), tiebreak: np.ndarray | None = None,
+                  tol: float = 1e-12) -> GreedyTrace:
     """Greedy order of all leaves by the mean envelope over active domains, each domain's
     envelope clipped to ``bounds`` (the metric's range: [0, 1] for accuracy).
 
-    Each step adds the leaf with the largest objective (ties: lower leaf id); the trace
+    Each step adds the leaf with the largest objective; among leaves within ``tol`` of it the
+    one with the smallest ``tiebreak`` (HARP passes the posterior variance: a measured leaf
+    before the unmeasured ones that inherit its effect), then the lower leaf id. The trace
     keeps every step's objective and marginal gain. ``O(L^2 D)`` time, ``O(L D)`` memory.
     """
     phi = np.asarray(phi, dtype=np.float64)
@@ -261,13 +269,18 @@ def greedy_leaves(kind: Envelope, phi: np.ndarray, base: np.ndarray, active: np.
     remaining = np.arange(n)
     order, value = np.empty(n, dtype=np.int64), np.empty(n)
     lo, hi = bounds
+    if tiebreak is not None:
+        tiebreak = np.asarray(tiebreak, dtype=np.float64)
+        if tiebreak.shape != (n,):
+            raise ValueError(f"greedy_leaves: tiebreak {tiebreak.shape} must have one value per leaf ({n},)")
     start = float(np.clip(b, lo, hi).mean())
     for step in range(n):
         if kind == "conservative":
             cand = np.clip(b + np.maximum(best, pos[remaining]) - harm - neg[remaining], lo, hi).mean(axis=1)
         else:
             cand = np.clip(b + total + p[remaining], lo, hi).mean(axis=1)
-        j = int(np.argmax(cand))  # remaining is sorted, so ties go to the lower leaf id
+        tied = np.flatnonzero(cand >= cand.max() - tol)  # remaining is sorted: the first is the lower leaf id
+        j = int(tied[0] if tiebreak is None or len(tied) == 1 else tied[np.argmin(tiebreak[remaining[tied]])])
         leaf = int(remaining[j])
         order[step], value[step] = leaf, cand[j]
         best = np.maximum(best, pos[leaf])
@@ -310,6 +323,7 @@ class HarpParams(SelectorParams):
     max_leaf: int | None = Field(None, ge=1, description="largest leaf before splitting (default 2.5 x leaf_size)")
     leaves_per_rep: int = Field(4, ge=1, description="a parent with m leaves gets ceil(m / leaves_per_rep) measured leaves")
     max_measured: int | None = Field(None, ge=1, description="measure this many leaves in total instead (a prefix of the measurement order)")
+    oracle_budget: int | None = Field(None, ge=1, description="fine-tunes the measurements may spend: measured leaves plus a random_leaf reference (the base model is scored, not trained); caps the measured leaves at a prefix of the measurement order; measure=all needs one per leaf (the bench passes its oracle_budget)")
     baseline: Literal["base", "random_leaf"] = Field("base", description="reference of the effects: the base model, or a model trained on a random sample of the median leaf size")
     bootstrap: int = Field(1000, ge=2, description="bootstrap resamples of the dev items per effect")
     prior: Literal["large", "global"] = Field("large", description="EB prior mean: the leaf's large region (with >= min_group measured leaves) or the global mean")
@@ -342,6 +356,24 @@ class HarpSelector(Selector):
         return [self.params.embedding()]
 
     # --- steps
+    def _measured_count(self, h: Hierarchy) -> tuple[int, int]:
+        """(leaves to measure, leaves the params ask for before the oracle budget caps them)."""
+        p = self.params
+        if p.measure == "all":
+            wanted = h.n_leaves
+        else:
+            wanted = min(h.n_leaves, p.max_measured or default_measured_count(h, p.leaves_per_rep))
+        if p.oracle_budget is None:
+            return wanted, wanted
+        room = p.oracle_budget - _reference_trainings(p)
+        if p.measure == "all" and room < wanted:
+            raise ConfigError(f"{self.name}: measure=all trains all {wanted} leaves"
+                              f"{' and the random_leaf reference' if _reference_trainings(p) else ''}, more than "
+                              f"oracle_budget={p.oracle_budget}; raise oracle_budget or measure representatives")
+        if room < 1:
+            raise ConfigError(f"{self.name}: oracle_budget={p.oracle_budget} leaves no leaf run after the random_leaf reference")
+        return min(wanted, room), wanted
+
     def _measure(self, pool, h: Hierarchy, leaves: np.ndarray, oracle, task, seed: int):
         """Reference run and one oracle run per measured leaf; effects and noise per domain."""
         p = self.params
@@ -378,22 +410,20 @@ class HarpSelector(Selector):
         x = np.asarray(signals.signal(p.embedding())["__vectors__"], dtype=np.float32)
         h = build_hierarchy(x, p.hierarchy_config(seed))
         order = measurement_order(h)
-        if p.measure == "all":
-            n_measure = h.n_leaves
-        else:
-            n_measure = min(h.n_leaves, p.max_measured or default_measured_count(h, p.leaves_per_rep))
+        n_measure, wanted = self._measured_count(h)
         measured = order[:n_measure]
         mark = oracle.ledger.mark()
         names, b, y, s2, base = self._measure(pool, h, measured, oracle, task, seed)
         post = leaf_posteriors(h, measured, y, s2, prior_groups=p.prior, min_group=p.min_group,
                                tau2_floor=p.tau2_floor, scale=p.smoothness_scale)
         phi = post.mean - p.risk * np.sqrt(post.var)
+        uncertainty = post.var.mean(axis=1)  # ties: the better-known leaf first (measured before inherited)
         active = phi.max(axis=0) > 0
         no_active = not active.any()
         if no_active:  # no leaf helps anywhere: rank by all domains rather than select nothing
             active = np.ones(len(names), dtype=bool)
         bounds = METRIC_RANGE[getattr(task, "metric", "accuracy")]  # accuracy in [0, 1], loglik <= 0
-        trace = greedy_leaves(self.envelope, phi, b, active, bounds)
+        trace = greedy_leaves(self.envelope, phi, b, active, bounds, tiebreak=uncertainty)
         t = best_prefix(trace.gain)
         chosen = [int(v) for v in trace.order[:t]]
         picked = emit_points(h, chosen, k)
@@ -402,14 +432,14 @@ class HarpSelector(Selector):
         if len(picked) < k and p.fill == "posterior":
             rank = phi[:, active].mean(axis=1)
             taken = set(chosen)
-            rest = [int(v) for v in np.lexsort((np.arange(h.n_leaves), -rank)) if int(v) not in taken]
+            rest = [int(v) for v in np.lexsort((np.arange(h.n_leaves), uncertainty, -rank)) if int(v) not in taken]
             added = emit_points(h, rest, k - len(picked))
             picked += added
             filled = rest[: _leaves_touched(h, rest, len(added))]
             emitted += filled
         ids = pool.ids
         cost = oracle.ledger.summary(mark).get("oracle", {})
-        n_ref = 1 + (p.baseline == "random_leaf")
+        n_ref = 1 + _reference_trainings(p)  # the base model (scored) and the random_leaf reference (trained)
         diag = {
             "envelope": self.envelope, "measure": p.measure, "domains": names, "active_domains": [n for n, a in zip(names, active) if a],
             "no_active_domain": no_active, "base_score": {d: float(base.per_domain.get(d, np.nan)) for d in names},
@@ -423,13 +453,18 @@ class HarpSelector(Selector):
             "cost": {
                 "leaf_runs_needed": int(n_measure), "reference_runs_needed": n_ref, "leaves": h.n_leaves,
                 "runs_needed": int(n_measure) + n_ref, "runs_if_every_leaf_measured": h.n_leaves + n_ref,
-                "measured_fraction": n_measure / h.n_leaves,
+                "measured_fraction": n_measure / h.n_leaves, "oracle_budget": p.oracle_budget,
+                "leaves_cut_by_budget": wanted - n_measure,
                 "fresh_oracle_runs": int(cost.get("runs", 0)), "cached_oracle_calls": int(cost.get("cached", 0)),
             },
         }
         if self.artifacts_dir is not None:
             diag["artifacts"] = write_artifacts(self.artifacts_dir, h, post, phi, names, trace, t, chosen, emitted, self.envelope, b)
         return [ids[i] for i in picked], diag
+
+
+def _reference_trainings(p: HarpParams) -> int:
+    return int(p.baseline == "random_leaf")
 
 
 def _leaves_touched(h: Hierarchy, leaves: list[int], n_points: int) -> int:
