@@ -23,19 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.select.harp.envelope import (
+    best_prefix,
+    emit_points,
+    envelope_value,
+    greedy_leaves,
+)
 from thresher.select.harp.hierarchy import (
     HierarchyConfig,
     build_hierarchy,
     default_measured_count,
     measurement_order,
 )
-from thresher.select.harp.selector import (
-    best_prefix,
-    emit_points,
-    envelope_value,
-    greedy_leaves,
-    leaf_posteriors,
-)
+from thresher.select.harp.posterior import leaf_posteriors
 
 
 def rss_mb() -> float:

@@ -24,7 +24,7 @@ def report(rows: list[dict], run_dir: Path, cfg) -> str:
     from scipy.stats import spearmanr
 
     from thresher.bench.results import compare, describe_comparison
-    from thresher.select.tmap.selector import plot_weights
+    from thresher.select.tmap.plots import plot_weights
 
     by = {(r["method"], r["seed"]): r for r in rows}
     tmap = {s: by[("tmap", s)]["diagnostics"] for s in cfg.seeds if ("tmap", s) in by}

@@ -18,6 +18,12 @@ from thresher.engine.local import run_signal
 from thresher.errors import ConfigError
 from thresher.oracle.core import Score
 from thresher.select.base import SignalView, make_selector
+from thresher.select.harp.envelope import (
+    best_prefix,
+    emit_points,
+    envelope_value,
+    greedy_leaves,
+)
 from thresher.select.harp.hierarchy import (
     Hierarchy,
     HierarchyConfig,
@@ -26,14 +32,7 @@ from thresher.select.harp.hierarchy import (
     measurement_order,
     nearest_measured,
 )
-from thresher.select.harp.selector import (
-    best_prefix,
-    emit_points,
-    empirical_bayes,
-    envelope_value,
-    greedy_leaves,
-    leaf_posteriors,
-)
+from thresher.select.harp.posterior import empirical_bayes, leaf_posteriors
 from thresher.signals.base import make_signal
 from thresher.tasks.base import DevTask, TaskItem
 

@@ -13,7 +13,7 @@ A train-based selector that fine-tunes only a few subsets:
    over the domain's dev items (leaf run vs reference run, item by item), floored at
    ``1 / n_d^2`` (as if one item flipped) so a domain where both runs score all-equal still
    carries some noise.
-3. **Empirical Bayes** per domain (normal-normal): the prior mean is the mean measured
+3. **Empirical Bayes** (:mod:`thresher.select.harp.posterior`) per domain (normal-normal): the prior mean is the mean measured
    effect of the leaf's large region (when it holds at least ``min_group`` measured
    leaves) or else the global mean; the prior variance ``tau2`` is the method-of-moments
    estimate ``max(tau2_floor, sum(residual^2) / dof - mean(noise))``; a measured leaf's
@@ -23,7 +23,7 @@ A train-based selector that fine-tunes only a few subsets:
    ``var_source + tau2 * min(1, (dist / scale)^2)``: the local-smoothness assumption, with
    ``scale`` (default) the median distance between parent centroids, the distance at which
    two regions count as unrelated.
-4. **Envelopes** for a set ``S`` of leaves, per domain:
+4. **Envelopes** (:mod:`thresher.select.harp.envelope`, with the greedy of step 5) for a set ``S`` of leaves, per domain:
 
    - HARP-C (``harp-c``): ``y_d(S) = clip(b_d + max_{g in S} phi+_g(d) - sum_{g in S} phi-_g(d))``
    - HARP-E (``harp-e``): ``y_d(S) = clip(b_d + sum_{g in S} phi_g(d))``
@@ -61,15 +61,12 @@ sample of the median leaf size instead (one more oracle run), so ``phi < 0`` mea
 count. With a pretrained model and LoRA (the ``small`` tier) ``baseline="base"`` is the
 paper's setting.
 
-Artifacts (when the selector has an ``artifacts_dir``): ``leaf_posteriors.csv`` and
+Artifacts (:mod:`thresher.select.harp.artifacts`; when the selector has an ``artifacts_dir``): ``leaf_posteriors.csv`` and
 ``.json`` (one row per leaf and domain), ``greedy_trace.json`` and ``leaf_effects.png``
 (measured effects, their posteriors and every leaf's inferred effect with its 95% band).
 """
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -77,241 +74,24 @@ from pydantic import Field
 
 from thresher.errors import ConfigError
 from thresher.select.base import Selector, SelectorParams, register_selector
+from thresher.select.harp.artifacts import write_artifacts
+from thresher.select.harp.envelope import (
+    Envelope,
+    best_prefix,
+    emit_points,
+    greedy_leaves,
+)
 from thresher.select.harp.hierarchy import (
     Hierarchy,
     HierarchyConfig,
     build_hierarchy,
     default_measured_count,
     measurement_order,
-    nearest_measured,
 )
+from thresher.select.harp.posterior import leaf_posteriors
 from thresher.signals.base import make_signal
 from thresher.stats import domain_effects
 from thresher.tasks.base import METRIC_RANGE
-
-Envelope = Literal["conservative", "expansive"]
-
-
-# --------------------------------------------------------------------------- measured effects
-
-
-# --------------------------------------------------------------------------- empirical Bayes
-
-
-@dataclass
-class Shrinkage:
-    """Per-domain normal-normal EB over measured leaves (arrays [R, D] unless noted)."""
-
-    mean: np.ndarray
-    var: np.ndarray
-    prior_mean: np.ndarray
-    tau2: np.ndarray  # [D]
-    grouped: np.ndarray  # [R] bool: prior mean from the leaf's group (else global)
-
-
-def empirical_bayes(y: np.ndarray, s2: np.ndarray, groups: np.ndarray | None = None, *, min_group: int = 3,
-                    tau2_floor: float = 1e-6) -> Shrinkage:
-    """Normal-normal shrinkage per domain (column) of measured effects ``y`` with noise ``s2``.
-
-    Prior mean: the mean of ``y`` over the leaf's group if that group has at least
-    ``min_group`` measured leaves, else the mean over all. Prior variance (method of moments):
-    ``tau2 = max(tau2_floor, sum((y - m)^2) / (R - n_means) - mean(s2))`` where ``n_means``
-    counts the distinct means used (so a single global mean uses ``R - 1``). With one
-    measured leaf there is no spread to estimate: ``tau2 = max(tau2_floor, s2)``.
-    Posterior: ``w = tau2 / (tau2 + s2)``, mean ``m + w (y - m)``, variance ``w s2``.
-    """
-    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
-    s2 = np.atleast_2d(np.asarray(s2, dtype=np.float64))
-    if y.shape != s2.shape:
-        raise ValueError(f"empirical_bayes: effects {y.shape} and noise {s2.shape} differ in shape")
-    if (s2 < 0).any() or not np.isfinite(s2).all() or not np.isfinite(y).all():
-        raise ValueError("empirical_bayes: effects must be finite and noise variances finite and >= 0")
-    r = y.shape[0]
-    if r == 0:
-        raise ValueError("empirical_bayes: no measured leaves")
-    if tau2_floor <= 0:
-        raise ValueError(f"empirical_bayes: tau2_floor={tau2_floor} must be > 0")
-    groups = np.zeros(r, dtype=np.int64) if groups is None else np.asarray(groups)
-    if groups.shape != (r,):
-        raise ValueError(f"empirical_bayes: groups has shape {groups.shape}, expected ({r},)")
-    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    grouped = counts[inv] >= min_group
-    n_means = int((counts >= min_group).sum()) + int((~grouped).any())
-    if r - n_means < 1:  # too few leaves to spare a degree of freedom: global mean only
-        grouped[:] = False
-        n_means = 1
-    global_mean = y.mean(axis=0)
-    prior = np.tile(global_mean, (r, 1))
-    for g in range(len(uniq)):
-        rows = (inv == g) & grouped
-        if rows.any():
-            prior[rows] = y[rows].mean(axis=0)
-    if r == 1:
-        tau2 = np.maximum(tau2_floor, s2[0])
-    else:
-        tau2 = np.maximum(tau2_floor, ((y - prior) ** 2).sum(axis=0) / (r - n_means) - s2.mean(axis=0))
-    w = tau2[None, :] / (tau2[None, :] + s2)
-    return Shrinkage(mean=prior + w * (y - prior), var=w * s2, prior_mean=prior, tau2=tau2, grouped=grouped)
-
-
-@dataclass
-class LeafPosterior:
-    """Every leaf's effect posterior (arrays [L, D] unless noted)."""
-
-    mean: np.ndarray
-    var: np.ndarray
-    raw: np.ndarray  # measured effect, NaN where not measured
-    noise: np.ndarray  # bootstrap variance, NaN where not measured
-    prior_mean: np.ndarray  # NaN where not measured
-    measured: np.ndarray  # [L] bool
-    source: np.ndarray  # [L] the measured leaf it inherits from (itself if measured)
-    distance: np.ndarray  # [L] centroid distance to the source
-    tau2: np.ndarray  # [D]
-    scale: float
-
-
-def smoothness_scale(h: Hierarchy, max_parents: int = 2000, seed: int = 0) -> float:
-    """Median distance between parent centroids (a seeded sample of at most ``max_parents``);
-    with one parent, twice the median distance from a leaf centroid to it."""
-    if h.n_parents < 2:
-        d = np.linalg.norm(h.leaf_centroids.astype(np.float64) - h.parent_centroids[h.leaf_parent].astype(np.float64), axis=1)
-        return float(max(2.0 * np.median(d), 1e-12))
-    idx = np.arange(h.n_parents)
-    if len(idx) > max_parents:
-        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_parents, replace=False))
-    c = h.parent_centroids[idx].astype(np.float64)
-    d2 = (c * c).sum(1)[:, None] - 2.0 * c @ c.T + (c * c).sum(1)[None, :]
-    iu = np.triu_indices(len(idx), k=1)
-    return float(max(np.median(np.sqrt(np.maximum(d2[iu], 0.0))), 1e-12))
-
-
-def leaf_posteriors(h: Hierarchy, measured: np.ndarray, y: np.ndarray, s2: np.ndarray, *, prior_groups: str = "large",
-                    min_group: int = 3, tau2_floor: float = 1e-6, scale: float | None = None) -> LeafPosterior:
-    """EB over the measured leaves (rows of ``y``/``s2`` follow ``measured``) and inheritance
-    for the others (see the module docstring)."""
-    measured = np.asarray(measured, dtype=np.int64)
-    if len(np.unique(measured)) != len(measured):
-        raise ValueError("leaf_posteriors: a leaf is measured twice")
-    if prior_groups not in ("large", "global"):
-        raise ValueError(f"leaf_posteriors: prior_groups must be 'large' or 'global', got {prior_groups!r}")
-    groups = h.leaf_large[measured] if prior_groups == "large" else None
-    eb = empirical_bayes(y, s2, groups, min_group=min_group, tau2_floor=tau2_floor)
-    n_dom = eb.mean.shape[1]
-    src, dist = nearest_measured(h, measured)
-    row_of = np.full(h.n_leaves, -1, dtype=np.int64)
-    row_of[measured] = np.arange(len(measured))
-    rows = row_of[src]
-    scale = smoothness_scale(h, seed=h.config.seed) if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"leaf_posteriors: smoothness scale {scale} must be > 0")
-    inflate = np.minimum(1.0, (dist / scale) ** 2)
-    is_m = np.zeros(h.n_leaves, dtype=bool)
-    is_m[measured] = True
-    nan = np.full((h.n_leaves, n_dom), np.nan)
-    raw, noise, prior = nan.copy(), nan.copy(), nan.copy()
-    raw[measured], noise[measured], prior[measured] = np.atleast_2d(y), np.atleast_2d(s2), eb.prior_mean
-    return LeafPosterior(mean=eb.mean[rows], var=eb.var[rows] + inflate[:, None] * eb.tau2[None, :], raw=raw, noise=noise,
-                         prior_mean=prior, measured=is_m, source=src, distance=dist, tau2=eb.tau2, scale=scale)
-
-
-# --------------------------------------------------------------------------- envelopes and greedy
-
-
-def envelope_value(kind: Envelope, phi: np.ndarray, base: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """``y_d(S)`` per domain for the leaves whose effects are the rows of ``phi`` ([|S|, D]),
-    clipped to ``bounds`` (the metric's range)."""
-    lo, hi = bounds
-    phi = np.asarray(phi, dtype=np.float64).reshape(-1, len(base))
-    base = np.asarray(base, dtype=np.float64)
-    if kind == "conservative":
-        best = np.maximum(phi, 0.0).max(axis=0) if len(phi) else np.zeros_like(base)
-        harm = np.maximum(-phi, 0.0).sum(axis=0)
-        return np.clip(base + best - harm, lo, hi)
-    if kind == "expansive":
-        return np.clip(base + phi.sum(axis=0), lo, hi)
-    raise ValueError(f"envelope must be 'conservative' or 'expansive', got {kind!r}")
-
-
-@dataclass
-class GreedyTrace:
-    order: np.ndarray  # [L] leaves in greedy order
-    value: np.ndarray  # [L] objective after adding each leaf
-    gain: np.ndarray  # [L] marginal gain of each step
-    start: float  # objective of the empty set
-
-
-def greedy_leaves(kind: Envelope, phi: np.ndarray, base: np.ndarray, active: np.ndarray | None = None,
-                  bounds: tuple[float, float] = (0.0, 1.0), tiebreak: np.ndarray | None = None,
-                  tol: float = 1e-12) -> GreedyTrace:
-    """Greedy order of all leaves by the mean envelope over active domains, each domain's
-    envelope clipped to ``bounds`` (the metric's range: [0, 1] for accuracy).
-
-    Each step adds the leaf with the largest objective; among leaves within ``tol`` of it the
-    one with the smallest ``tiebreak`` (HARP passes the posterior variance: a measured leaf
-    before the unmeasured ones that inherit its effect), then the lower leaf id. The trace
-    keeps every step's objective and marginal gain. ``O(L^2 D)`` time, ``O(L D)`` memory.
-    """
-    phi = np.asarray(phi, dtype=np.float64)
-    base = np.asarray(base, dtype=np.float64)
-    if phi.ndim != 2 or phi.shape[1] != base.shape[0]:
-        raise ValueError(f"greedy_leaves: phi {phi.shape} must be [leaves, {base.shape[0]} domains]")
-    if kind not in ("conservative", "expansive"):
-        raise ValueError(f"envelope must be 'conservative' or 'expansive', got {kind!r}")
-    active = np.ones(base.shape[0], dtype=bool) if active is None else np.asarray(active, dtype=bool)
-    if not active.any():
-        raise ValueError("greedy_leaves: no active domain")
-    p, b = phi[:, active], base[active]
-    pos, neg = np.maximum(p, 0.0), np.maximum(-p, 0.0)
-    n = p.shape[0]
-    best = np.zeros(p.shape[1])
-    harm = np.zeros(p.shape[1])
-    total = np.zeros(p.shape[1])
-    remaining = np.arange(n)
-    order, value = np.empty(n, dtype=np.int64), np.empty(n)
-    lo, hi = bounds
-    if tiebreak is not None:
-        tiebreak = np.asarray(tiebreak, dtype=np.float64)
-        if tiebreak.shape != (n,):
-            raise ValueError(f"greedy_leaves: tiebreak {tiebreak.shape} must have one value per leaf ({n},)")
-    start = float(np.clip(b, lo, hi).mean())
-    for step in range(n):
-        if kind == "conservative":
-            cand = np.clip(b + np.maximum(best, pos[remaining]) - harm - neg[remaining], lo, hi).mean(axis=1)
-        else:
-            cand = np.clip(b + total + p[remaining], lo, hi).mean(axis=1)
-        tied = np.flatnonzero(cand >= cand.max() - tol)  # remaining is sorted: the first is the lower leaf id
-        j = int(tied[0] if tiebreak is None or len(tied) == 1 else tied[np.argmin(tiebreak[remaining[tied]])])
-        leaf = int(remaining[j])
-        order[step], value[step] = leaf, cand[j]
-        best = np.maximum(best, pos[leaf])
-        harm += neg[leaf]
-        total += p[leaf]
-        remaining = np.delete(remaining, j)
-    gain = np.diff(np.concatenate([[start], value]))
-    return GreedyTrace(order=order, value=value, gain=gain, start=start)
-
-
-def best_prefix(gains: np.ndarray, tol: float = 1e-12) -> int:
-    """Length of the prefix with the largest cumulative gain: the shortest one within ``tol``
-    of the maximum (a zero-gain step does not lengthen the prefix), and at least 1 leaf."""
-    gains = np.asarray(gains, dtype=np.float64)
-    if gains.size == 0:
-        raise ValueError("best_prefix: no greedy steps")
-    cum = np.cumsum(gains)
-    return int(np.nonzero(cum >= cum.max() - tol)[0][0]) + 1
-
-
-def emit_points(h: Hierarchy, leaves, k: int) -> list[int]:
-    """Point positions of ``leaves`` in that order (each leaf nearest-centroid first), at most ``k``."""
-    out: list[int] = []
-    for leaf in leaves:
-        if len(out) >= k:
-            break
-        out.extend(int(i) for i in h.members(int(leaf))[: k - len(out)])
-    return out
-
-
-# --------------------------------------------------------------------------- the selector
 
 
 class HarpParams(SelectorParams):
@@ -491,89 +271,3 @@ class HarpE(HarpSelector):
     name = "harp-e"
     description = ("HARP-E: as HARP-C with the expansive envelope (effects of complementary regions add up)")
     envelope = "expansive"
-
-
-# --------------------------------------------------------------------------- artifacts
-
-
-def posterior_rows(h: Hierarchy, post: LeafPosterior, phi: np.ndarray, names: list[str], chosen: list[int],
-                   emitted: list[int]) -> list[dict]:
-    """One row per (leaf, domain): the per-leaf posterior table. ``chosen``: in the best
-    prefix; ``emitted``: some of its points are in the selection (the budget may cut the
-    prefix short, ``fill`` may add leaves beyond it)."""
-    chosen_set, emitted_set = set(chosen), set(emitted)
-    rows = []
-    for leaf in range(h.n_leaves):
-        for j, d in enumerate(names):
-            rows.append({
-                "leaf": leaf, "parent": int(h.leaf_parent[leaf]), "large": int(h.leaf_large[leaf]),
-                "size": int(h.leaf_sizes[leaf]), "domain": d, "measured": bool(post.measured[leaf]),
-                "source": int(post.source[leaf]), "distance": float(post.distance[leaf]),
-                "raw_effect": _num(post.raw[leaf, j]), "noise_var": _num(post.noise[leaf, j]),
-                "prior_mean": _num(post.prior_mean[leaf, j]), "post_mean": float(post.mean[leaf, j]),
-                "post_var": float(post.var[leaf, j]), "phi": float(phi[leaf, j]), "chosen": leaf in chosen_set,
-                "emitted": leaf in emitted_set,
-            })
-    return rows
-
-
-def _num(v: float) -> float | None:
-    return None if not np.isfinite(v) else float(v)
-
-
-def write_artifacts(out, h: Hierarchy, post: LeafPosterior, phi: np.ndarray, names: list[str], trace: GreedyTrace,
-                    t: int, chosen: list[int], emitted: list[int], envelope: str, base: np.ndarray) -> list[str]:
-    """Posterior table (CSV + JSON), greedy trace and the leaf-effects plot; returns file names."""
-    rows = posterior_rows(h, post, phi, names, chosen, emitted)
-    with open(out / "leaf_posteriors.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "leaf_posteriors.json").write_text(json.dumps({"domains": names, "tau2": post.tau2.tolist(), "scale": post.scale,
-                                                         "reference": base.tolist(), "rows": rows}))
-    (out / "greedy_trace.json").write_text(json.dumps({
-        "envelope": envelope, "start": trace.start, "order": trace.order.tolist(), "value": trace.value.tolist(),
-        "gain": trace.gain.tolist(), "best_prefix": t, "chosen": chosen, "emitted": emitted}))
-    files = ["leaf_posteriors.csv", "leaf_posteriors.json", "greedy_trace.json"]
-    plot_leaf_effects(out / "leaf_effects.png", post, names, chosen, emitted, envelope)
-    files.append("leaf_effects.png")
-    return files
-
-
-def plot_leaf_effects(path, post: LeafPosterior, names: list[str], chosen: list[int], emitted: list[int], title: str) -> None:
-    """Per domain: every leaf's posterior mean with a 95% band (measured leaves filled, inferred
-    ones open), the raw measured effects (x); leaves in the selection shaded gold, leaves of
-    the best prefix the budget cut off shaded grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_dom = len(names)
-    fig, axes = plt.subplots(1, n_dom, figsize=(4.2 * n_dom, 3.6), squeeze=False, sharey=True)
-    for j, (ax, d) in enumerate(zip(axes[0], names)):
-        order = np.argsort(-post.mean[:, j], kind="stable")
-        xs = np.arange(len(order))
-        sd = np.sqrt(post.var[order, j])
-        m = post.measured[order]
-        for x_i, leaf in zip(xs, order):
-            if leaf in emitted:
-                ax.axvspan(x_i - 0.5, x_i + 0.5, color="gold", alpha=0.35, lw=0)
-            elif leaf in chosen:
-                ax.axvspan(x_i - 0.5, x_i + 0.5, color="lightgray", alpha=0.4, lw=0)
-        ax.errorbar(xs[m], post.mean[order, j][m], yerr=1.96 * sd[m], fmt="o", color="tab:blue", ms=5, capsize=2,
-                    label="measured: posterior")
-        ax.errorbar(xs[~m], post.mean[order, j][~m], yerr=1.96 * sd[~m], fmt="o", mfc="white", color="tab:gray", ms=5,
-                    capsize=2, label="inferred (inherits)")
-        ax.plot(xs[m], post.raw[order, j][m], "x", color="tab:red", label="measured: raw effect")
-        ax.axhline(0, color="black", lw=0.6)
-        ax.set_title(f"domain {d}")
-        ax.set_xlabel("leaves (by posterior mean)")
-        ax.set_xticks(xs, [str(int(v)) for v in order], fontsize=6)
-    axes[0][0].set_ylabel("effect on dev accuracy")
-    axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"HARP leaf effects ({title} envelope; gold = in the selection, grey = best prefix cut by the budget)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
