@@ -48,7 +48,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from thresher.models.load import load_model
-    from thresher.select.tmap.proxy import Anchors, ICLProxy
+    from thresher.select.tmap.anchors import Anchors
+    from thresher.select.tmap.proxy import ICLProxy
     from thresher.tasks.gsm8k import gsm8k_pool, gsm8k_task
 
     task = gsm8k_task().dev_view()

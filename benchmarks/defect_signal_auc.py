@@ -8,6 +8,11 @@ the time). The selectors never read the labels; this benchmark only grades the s
 
     python benchmarks/defect_signal_auc.py --testbed arith --signals text,lm,heuristics --out docs/results/defect-signals-arith.json
     python benchmarks/defect_signal_auc.py --testbed gsm8k-mix --n 400 --scorer small --signals text,lm
+    python benchmarks/defect_signal_auc.py --bench-run runs/bench-gsm8k-pilot --scorer small --signals xfit
+
+``--bench-run RUN_DIR`` grades the signals of a bench run: its pool and hidden labels
+(``RUN_DIR/data/``) and its signal store (``RUN_DIR/store``), so a signal the bench computed is
+read back, not recomputed (the same signal params give the same store key).
 
 Columns with no variation or NaN everywhere are skipped and listed.
 """
@@ -16,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
-from thresher.data.pool import Pool
+from thresher.data.pool import load_pool
 from thresher.data.store import SignalStore
 from thresher.engine.local import read_signal, run_signal
 from thresher.signals.base import SIGNALS, make_signal
@@ -59,11 +65,21 @@ def main() -> None:
     ap.add_argument("--scorer", default="auto", help="scorer for model signals (auto: micro on arith, else small)")
     ap.add_argument("--signals", default="text,lm", help=f"comma-separated bundles: {', '.join(BUNDLES)}")
     ap.add_argument("--store", default="/tmp/thresher-defect-auc-store")
+    ap.add_argument("--bench-run", default=None, help="a bench run directory: its pool, labels and store (overrides --testbed, --n, --store)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    pool, task, labels = build(a.testbed, a.n, a.seed)
-    store = SignalStore(a.store)
+    if a.bench_run:
+        from thresher.tasks.arith import read_defect_labels
+
+        run = Path(a.bench_run)
+        pool, _ = load_pool(run / "data" / "pool.jsonl")
+        labels = read_defect_labels(run / "data" / "defects.jsonl")
+        store = SignalStore(run / "store")
+        a.testbed = f"{run.name} (bench run)"
+    else:
+        pool, _, labels = build(a.testbed, a.n, a.seed)
+        store = SignalStore(a.store)
     kinds = sorted({v for v in labels.values() if v != "clean"})
     y = np.array([labels[i] for i in pool.ids])
     columns: dict[str, np.ndarray] = {}

@@ -18,13 +18,8 @@ from thresher.select.bayesopt import (
     upper_confidence_bound,
 )
 from thresher.select.quality import rank_normalise
-from thresher.select.tmap.proxy import (
-    ICLProxy,
-    anchor_points,
-    last_turn_mask,
-    medoids,
-    tiny_vs_full,
-)
+from thresher.select.tmap.anchors import anchor_points, medoids, tiny_vs_full
+from thresher.select.tmap.proxy import ICLProxy, last_turn_mask
 from thresher.select.tmap.selector import TMAPParams, spread_trials
 
 # --------------------------------------------------------------------------- search

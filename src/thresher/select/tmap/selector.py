@@ -80,6 +80,7 @@ from thresher.select.base import (
     unique_signals,
 )
 from thresher.select.bayesopt import Simplex, maximise
+from thresher.select.tmap.anchors import make_anchors, tiny_vs_full
 from thresher.select.tmap.indicators import (
     IndicatorParams,
     check_indicator_spec,
@@ -87,7 +88,7 @@ from thresher.select.tmap.indicators import (
     weighted_top,
 )
 from thresher.select.tmap.plots import plot_fidelity, plot_trace, plot_weights
-from thresher.select.tmap.proxy import ICLProxy, make_anchors, tiny_vs_full
+from thresher.select.tmap.proxy import ICLProxy
 
 # --------------------------------------------------------------------------- fixed weights
 
