@@ -8,7 +8,7 @@ the time). The selectors never read the labels; this benchmark only grades the s
 
     python benchmarks/defect_signal_auc.py --testbed arith --signals text,lm,heuristics --out docs/results/defect-signals-arith.json
     python benchmarks/defect_signal_auc.py --testbed gsm8k-mix --n 400 --scorer small --signals text,lm
-    python benchmarks/defect_signal_auc.py --bench-run runs/bench-gsm8k-pilot --scorer small --signals xfit
+    python benchmarks/defect_signal_auc.py --bench-run runs/bench-gsm8k-small --scorer small --signals xfit
 
 ``--bench-run RUN_DIR`` grades the signals of a bench run: its pool and hidden labels
 (``RUN_DIR/data/``) and its signal store (``RUN_DIR/store``), so a signal the bench computed is

@@ -123,7 +123,7 @@ def test_paired_statistics_take_real_valued_items():
     assert d == pytest.approx(float(np.mean(run - ref))) and lo < d < hi and lo > 0
 
 
-@pytest.mark.parametrize("name", ["bench-gsm8k-small.yaml", "bench-arith-small.yaml"])
+@pytest.mark.parametrize("name", ["bench-gsm8k-gpu.yaml", "bench-arith-gpu.yaml"])
 def test_small_bench_configs_load(name):
     from thresher.bench.config import BenchConfig, method_params
     from thresher.bench.run import _plan
