@@ -35,19 +35,17 @@ from thresher.select.autoselection import (
     load_recipe,
     read_trace,
 )
+from thresher.select.autoselection.filters import keep_top_fraction
 from thresher.select.autoselection.llm import (
     LLMAdvisor,
     ReplyInvalid,
     parse_choice,
     parse_proposals,
 )
-from thresher.select.autoselection.operators import (
-    keep_top_fraction,
-    largest_remainder,
-    make_operator,
-)
+from thresher.select.autoselection.operators import make_operator
 from thresher.select.autoselection.plots import plot_best_so_far, plot_search_trace
 from thresher.select.autoselection.recipe import parse_recipe_yaml, realised_state
+from thresher.select.autoselection.sampling import largest_remainder
 from thresher.select.autoselection.search import RandomRecipeSearch
 from thresher.select.autoselection.surrogate import Surrogate, ucb_order
 from thresher.select.autoselection.trace import best_so_far

@@ -11,13 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from thresher.select.autoselection.operators import (
-    OPERATORS,
-    Operator,
-    Truncate,
-    make_operator,
-)
+from thresher.select.autoselection.operators import OPERATORS, Operator, make_operator
 from thresher.select.autoselection.recipe import Execution, Recipe, Union
+from thresher.select.autoselection.sampling import Truncate
 from thresher.select.autoselection.trace import Candidate, Evaluation
 
 #: operators that the random generators and the motif never draw as "filters"

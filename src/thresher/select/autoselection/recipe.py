@@ -39,10 +39,10 @@ from thresher.select.autoselection.operators import (
     RecipeContext,
     SignalSettings,
     StepOutcome,
-    Truncate,
     make_operator,
     register_operator,
 )
+from thresher.select.autoselection.sampling import Truncate
 from thresher.signals.base import Signal
 
 

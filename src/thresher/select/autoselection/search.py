@@ -75,11 +75,11 @@ from typing import Any
 import numpy as np
 
 from thresher.progress import progress
+from thresher.select.autoselection.dedup import ThresholdDedup
+from thresher.select.autoselection.filters import TaskRelevanceFilter
 from thresher.select.autoselection.operators import (
     OPERATORS,
     RecipeContext,
-    TaskRelevanceFilter,
-    ThresholdDedup,
     make_operator,
 )
 from thresher.select.autoselection.params import SearchConfig
