@@ -53,7 +53,7 @@ def shared_data() -> Path:
 def base_examples(data: Path | None = None) -> list[tuple[str, list[dict]]]:
     """(source, messages) of every usable base: GSM8K train minus the gsm8k task's dev split,
     Alpaca rows with an output, ShareGPT conversations that pass the pool's turn rules."""
-    from thresher.data.pool import normalise_row
+    from thresher.data.records import normalise_row
     from thresher.errors import DataFormatError
     from thresher.tasks.gsm8k import gsm8k_pool
 

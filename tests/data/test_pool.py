@@ -9,16 +9,18 @@ import pytest
 from thresher.data.pool import (
     LoadReport,
     Pool,
-    PoolFormatError,
     assistant_text,
-    content_hash,
-    detect_format,
     load_pool,
-    normalise_row,
     read_jsonl,
     record_text,
     user_text,
     write_jsonl,
+)
+from thresher.data.records import (
+    PoolFormatError,
+    content_hash,
+    detect_format,
+    normalise_row,
 )
 
 ALPACA_ROWS = 5000
@@ -685,7 +687,7 @@ def test_every_input_format_validates_records_the_same_way(fmt, tmp_path):
 
 
 def test_one_record_check_for_normalised_records_and_reload(tmp_path):
-    from thresher.data.pool import validate_record
+    from thresher.data.records import validate_record
 
     rec = {"id": "r", "messages": _chat(("user", "hi"), ("robot", "beep")), "source": "s", "meta": {}}
     with pytest.raises(PoolFormatError, match=r"field 'messages\[1\]\.role': unknown role 'robot'"):

@@ -107,7 +107,7 @@ def assign_folds(pool, k: int, seed: int, group_duplicates: bool = True) -> np.n
     Groups (an example, or with ``group_duplicates`` all examples with identical messages)
     are taken in the order of ``sha256(seed:group)`` and each goes to the smallest fold so
     far (lowest index on ties): folds differ in size by at most the largest group."""
-    from thresher.data.pool import content_hash
+    from thresher.data.records import content_hash
 
     n = len(pool)
     if n < k:
@@ -268,7 +268,7 @@ class CrossfitLoss(_DynamicsSignal):
         import json
 
         from thresher.data.io import atomic_write_json
-        from thresher.data.pool import content_hash
+        from thresher.data.records import content_hash
 
         p = self.params
         t0 = time.perf_counter()

@@ -99,7 +99,7 @@ import numpy as np
 from pydantic import Field
 
 from thresher.data.paths import cache_root
-from thresher.data.pool import content_hash
+from thresher.data.records import content_hash
 from thresher.errors import JudgeError, ThresherError
 from thresher.judge.client import (
     JudgeClient,

@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from thresher.data.pool import PoolFormatError, _iter_jsonl
+from thresher.data.readers import iter_jsonl
+from thresher.data.records import PoolFormatError
 from thresher.errors import ConfigError, DataFormatError
 from thresher.tasks.base import EXTRACTORS, METRICS, PromptFormat, Task, TaskItem
 
@@ -92,7 +93,7 @@ def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     Invalid UTF-8, invalid JSON or a non-object line raises :class:`TaskDataError`.
     """
     path = Path(path)
-    for line, row, _raw, err in _iter_jsonl(path):
+    for line, row, _raw, err in iter_jsonl(path):
         if err is not None:
             reason = err.reason if isinstance(err, PoolFormatError) else str(err)
             raise TaskDataError(path, line, None, reason)

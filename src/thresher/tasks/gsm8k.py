@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.data.pool import Pool, normalise_row
+from thresher.data.pool import Pool
+from thresher.data.records import normalise_row
 from thresher.tasks.base import PromptFormat, Task, TaskItem, normalise_number
 from thresher.tasks.custom import TaskDataError, iter_jsonl_rows
 

@@ -64,7 +64,8 @@ from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from thresher.data.pool import Pool, PoolFormatError, normalise_row, write_jsonl
+from thresher.data.pool import Pool, write_jsonl
+from thresher.data.records import PoolFormatError, normalise_row
 from thresher.errors import ConfigError, ThresherError
 from thresher.tasks.base import Task, normalise_number, read_defect_labels
 from thresher.tasks.base import defect_counts as _defect_counts
