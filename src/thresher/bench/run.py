@@ -36,7 +36,8 @@ the hidden-defect counts when the pool has them, ``reference`` (true only for re
 rows), and ``settings``: what the row depends on beyond its id (pool fingerprint, task, model,
 training, method params, scorer, inner oracle; :func:`~thresher.bench.config.row_settings`). A
 rerun keeps a finished row only under the same settings: a changed ``train:`` or method param
-stops it with an error naming the rows and what changed, or with ``--rerun-changed`` redoes them. ``full`` and the references run once per seed, ``full`` and ``clean-only`` at budget ``1.0``.
+stops it with an error naming the rows and what changed, or with ``--rerun-changed`` redoes them.
+``full`` and the references run once per seed, ``full`` and ``clean-only`` at budget ``1.0``.
 
 References (``references:``) are rows that are not selectors, to read the selectors against.
 ``clean-only`` trains on every example the hidden labels call ``clean`` (an upper reference; it
