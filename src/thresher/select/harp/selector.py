@@ -13,17 +13,18 @@ A train-based selector that fine-tunes only a few subsets:
    over the domain's dev items (leaf run vs reference run, item by item), floored at
    ``1 / n_d^2`` (as if one item flipped) so a domain where both runs score all-equal still
    carries some noise.
-3. **Empirical Bayes** (:mod:`thresher.select.harp.posterior`) per domain (normal-normal): the prior mean is the mean measured
-   effect of the leaf's large region (when it holds at least ``min_group`` measured
-   leaves) or else the global mean; the prior variance ``tau2`` is the method-of-moments
-   estimate ``max(tau2_floor, sum(residual^2) / dof - mean(noise))``; a measured leaf's
+3. **Empirical Bayes** (:mod:`thresher.select.harp.posterior`) per domain (normal-normal): the
+   prior mean is the mean measured effect of the leaf's large region (when it holds at least
+   ``min_group`` measured leaves) or else the global mean; the prior variance ``tau2`` is the
+   method-of-moments estimate ``max(tau2_floor, sum(residual^2) / dof - mean(noise))``; a measured leaf's
    posterior is ``m + w (y - m)`` with variance ``w s2``, ``w = tau2 / (tau2 + s2)``. An
    unmeasured leaf inherits the posterior mean of the nearest measured leaf of its parent
    (else of its large region, else anywhere) with variance
    ``var_source + tau2 * min(1, (dist / scale)^2)``: the local-smoothness assumption, with
    ``scale`` (default) the median distance between parent centroids, the distance at which
    two regions count as unrelated.
-4. **Envelopes** (:mod:`thresher.select.harp.envelope`, with the greedy of step 5) for a set ``S`` of leaves, per domain:
+4. **Envelopes** (:mod:`thresher.select.harp.envelope`, with the greedy of step 5) for a set
+   ``S`` of leaves, per domain:
 
    - HARP-C (``harp-c``): ``y_d(S) = clip(b_d + max_{g in S} phi+_g(d) - sum_{g in S} phi-_g(d))``
    - HARP-E (``harp-e``): ``y_d(S) = clip(b_d + sum_{g in S} phi_g(d))``
@@ -61,8 +62,8 @@ sample of the median leaf size instead (one more oracle run), so ``phi < 0`` mea
 count. With a pretrained model and LoRA (the ``small`` tier) ``baseline="base"`` is the
 paper's setting.
 
-Artifacts (:mod:`thresher.select.harp.artifacts`; when the selector has an ``artifacts_dir``): ``leaf_posteriors.csv`` and
-``.json`` (one row per leaf and domain), ``greedy_trace.json`` and ``leaf_effects.png``
+Artifacts (:mod:`thresher.select.harp.artifacts`; when the selector has an ``artifacts_dir``):
+``leaf_posteriors.csv`` and ``.json`` (one row per leaf and domain), ``greedy_trace.json`` and ``leaf_effects.png``
 (measured effects, their posteriors and every leaf's inferred effect with its 95% band).
 """
 from __future__ import annotations
