@@ -1,12 +1,11 @@
-"""AutoSelection's dedups: keep the first example (lowest pool position) still present in each group of exact, MinHash or semantic duplicates."""
+"""AutoSelection's dedups: keep the first example (lowest pool position) still present in each
+group of exact, MinHash or semantic duplicates."""
 from __future__ import annotations
 
 from typing import ClassVar
 
 import numpy as np
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
 from thresher.select.autoselection.operators import (
     Operator,

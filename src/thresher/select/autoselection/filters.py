@@ -1,14 +1,12 @@
-"""AutoSelection's filters: keep the top ``fraction`` of the input by one signal (see :mod:`~thresher.select.autoselection.operators`)."""
+"""AutoSelection's filters: each keeps the top ``fraction`` of its input by one signal
+(:mod:`~thresher.select.autoselection.operators` has the library and the shared base)."""
 from __future__ import annotations
 
 import math
 from typing import Literal
 
 import numpy as np
-from pydantic import (
-    Field,
-    field_validator,
-)
+from pydantic import Field, field_validator
 
 from thresher.data.pool import user_text
 from thresher.select.autoselection.operators import (

@@ -1,4 +1,5 @@
-"""AutoSelection's sampling operators: ``truncate`` (a seeded random cap, stratified by source) and ``source_mix`` (resample by source without oversampling)."""
+"""AutoSelection's sampling operators: ``truncate`` (a seeded random cap, stratified by source)
+and ``source_mix`` (resample by source to given proportions, without oversampling)."""
 from __future__ import annotations
 
 import math
@@ -6,11 +7,7 @@ import random
 from collections import Counter
 
 import numpy as np
-from pydantic import (
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from thresher.select.autoselection.operators import (
     FRACTION_GRID,
