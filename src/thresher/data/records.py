@@ -41,6 +41,8 @@ UNITS = ("line", "element", "row")
 
 
 def location(path: str, unit: str, pos: int | None) -> str:
+    """Where a row is, as errors and rejects name it: ``FILE:LINE``, ``FILE element N``, ``FILE row N``
+    (just ``FILE`` without a position)."""
     if pos is None:
         return path
     if unit == "line":
