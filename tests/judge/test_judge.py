@@ -38,11 +38,13 @@ from thresher.models.chat import encode_prompt
 from thresher.models.load import load_tokenizer
 from thresher.signals.base import COLUMN_OWNERS, make_signal, resolve
 from thresher.signals.judge import (
-    BLOOM_SYSTEM,
     JudgeBloom,
     JudgeDisciplines,
     JudgeQuality,
     JudgeSignal,
+)
+from thresher.signals.judge_prompts import (
+    BLOOM_SYSTEM,
     ReplyRejected,
     extract_json_object,
     neutralise_delimiters,
