@@ -18,8 +18,8 @@ Three example-scope signals share one machinery (:class:`JudgeSignal`):
 **Failures are counted, never guessed.** A reply is accepted only if it contains exactly
 one JSON object with exactly the required keys, types and ranges
 (:func:`~thresher.signals.judge_prompts.extract_json_object` and the signal's ``interpret``; the
-prompts and the parsing live in :mod:`thresher.signals.judge_prompts`). Anything else -- prose without JSON, two objects, a
-truncated object, a score of 6, a score given as a string, a Bloom score outside its
+prompts and the parsing live in :mod:`thresher.signals.judge_prompts`). Anything else -- prose
+without JSON, two objects, a truncated object, a score of 6, a score given as a string, a Bloom score outside its
 level's band -- is a *content failure*: the judge answered and that answer is its verdict
 on the row, so the row's values are NaN (``disciplines_json`` empty), its
 ``*_judge_failed`` flag is set and it is counted by reason in :attr:`JudgeSignal.stats`. No
