@@ -3,6 +3,7 @@ names, and the bench-level defaults it hands every method (scorer, oracle budget
 The keys are described in :mod:`thresher.bench.run`."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from thresher.data.pool import load_pool
 from thresher.errors import ConfigError
-from thresher.select.base import Budget
+from thresher.select.base import Budget, selector_class
 from thresher.tasks import get_task
 from thresher.tasks.arith import ArithConfig, ArithTestbed, read_defect_labels
 from thresher.tasks.base import check_metric
@@ -231,10 +232,6 @@ def row_settings(cfg: BenchConfig, pool_fingerprint: str, what: MethodSpec | str
     every fine-tuned row; the method, its params and the scorer for a method row; and the inner
     oracle and the oracle budget for a method that searches with the oracle. A resumed bench compares
     each finished row's ``settings`` with these (:func:`changed_settings`)."""
-    import json
-
-    from thresher.select.base import selector_class
-
     s: dict[str, Any] = {"pool": pool_fingerprint, "task": cfg.task, "model": cfg.model, "decontaminate": cfg.decontaminate}
     if what == "base":  # the model not fine-tuned: no training, no selection
         return json.loads(json.dumps(s, sort_keys=True))

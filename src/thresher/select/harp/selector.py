@@ -121,6 +121,11 @@ class HarpParams(SelectorParams):
         return HierarchyConfig(leaf_size=self.leaf_size, leaves_per_parent=self.leaves_per_parent,
                                parents_per_large=self.parents_per_large, min_leaf=self.min_leaf, max_leaf=self.max_leaf, seed=seed)
 
+    @property
+    def reference_trainings(self) -> int:
+        """Fine-tunes the reference costs: one for ``random_leaf``; the base model is scored, not trained."""
+        return int(self.baseline == "random_leaf")
+
     def embedding(self):
         return make_signal("embedding", model=self.embed_model, text=self.embed_text, normalize=True)
 
@@ -146,10 +151,10 @@ class HarpSelector(Selector):
             wanted = min(h.n_leaves, p.max_measured or default_measured_count(h, p.leaves_per_rep))
         if p.oracle_budget is None:
             return wanted, wanted
-        room = p.oracle_budget - _reference_trainings(p)
+        room = p.oracle_budget - p.reference_trainings
         if p.measure == "all" and room < wanted:
             raise ConfigError(f"{self.name}: measure=all trains all {wanted} leaves"
-                              f"{' and the random_leaf reference' if _reference_trainings(p) else ''}, more than "
+                              f"{' and the random_leaf reference' if p.reference_trainings else ''}, more than "
                               f"oracle_budget={p.oracle_budget}; raise oracle_budget or measure representatives")
         if room < 1:
             raise ConfigError(f"{self.name}: oracle_budget={p.oracle_budget} leaves no leaf run after the random_leaf reference")
@@ -220,7 +225,7 @@ class HarpSelector(Selector):
             emitted += filled
         ids = pool.ids
         cost = oracle.ledger.summary(mark).get("oracle", {})
-        n_ref = 1 + _reference_trainings(p)  # the base model (scored) and the random_leaf reference (trained)
+        n_ref = 1 + p.reference_trainings  # the base model (scored) and the random_leaf reference (trained)
         diag = {
             "envelope": self.envelope, "measure": p.measure, "domains": names, "active_domains": [n for n, a in zip(names, active) if a],
             "no_active_domain": no_active, "base_score": {d: float(base.per_domain.get(d, np.nan)) for d in names},
@@ -242,10 +247,6 @@ class HarpSelector(Selector):
         if self.artifacts_dir is not None:
             diag["artifacts"] = write_artifacts(self.artifacts_dir, h, post, phi, names, trace, t, chosen, emitted, self.envelope, b)
         return [ids[i] for i in picked], diag
-
-
-def _reference_trainings(p: HarpParams) -> int:
-    return int(p.baseline == "random_leaf")
 
 
 def _leaves_touched(h: Hierarchy, leaves: list[int], n_points: int) -> int:
